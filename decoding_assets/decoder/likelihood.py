@@ -1,0 +1,148 @@
+"""Clusterless kernel-density encoding and likelihood (MODEL.md, "Encoding", "Likelihood").
+
+Position kernel K_x (std ``position_std`` per dimension), mark kernel K_m (std
+``waveform_std`` per feature), both products of normal pdfs. For electrode e with
+encoding spikes j at positions x_j with marks m_j and mean rate lambda_e:
+
+    occ(x)        = mean_t K_x(x - pos_t)                      (training samples)
+    Lambda_e(x)   = max(lambda_e mean_j K_x(x - x_j) / occ(x), 1e-15)
+    LL_i(x)       = -sum_e Lambda_e(x)
+                    + sum_{spikes k in bin i} max(log(lambda_e mean_j K_m(m_k - m_j) K_x(x - x_j) / occ(x)), log 1e-15)
+
+The spike term is a matrix product per block of decoding spikes:
+(B x E) mark weights times (E x n_bins) position kernel. The mark weights are
+exponentiated after subtracting each row's maximum log weight and the shift is added
+back after the log, so float32 never turns a spike's density into log(0).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EPS = 1e-15
+LOG_EPS = float(np.log(EPS))
+_ENCODING_PAD = 256  # encoding spikes are padded to a multiple of this (fewer recompiles)
+_SAMPLE_BLOCK = 4096  # samples per block when summing kernels over positions
+
+
+class ElectrodeEncoding(NamedTuple):
+    """One electrode's encoding spikes.
+
+    positions : (n_enc, n_position_dims) position at each encoding spike.
+    marks : (n_enc, n_features) waveform features.
+    mean_rate : spikes per decoding time bin during the encoding period.
+    """
+
+    positions: np.ndarray
+    marks: np.ndarray
+    mean_rate: float
+
+
+def _pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    n = x.shape[0]
+    n_padded = max(int(np.ceil(n / multiple)) * multiple, multiple)
+    padded = np.zeros((n_padded,) + x.shape[1:], dtype=x.dtype)
+    padded[:n] = x
+    valid = np.zeros(n_padded, dtype=bool)
+    valid[:n] = True
+    return padded, valid
+
+
+@jax.jit
+def position_kernel(samples: jnp.ndarray, bin_centers: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
+    """K_x(x - x_j) for every sample j and bin x.
+
+    samples : (n_samples, n_dims); bin_centers : (n_bins, n_dims); std : (n_dims,).
+    returns (n_samples, n_bins).
+    """
+    z = (samples[:, jnp.newaxis, :] - bin_centers[jnp.newaxis, :, :]) / std
+    log_norm = jnp.sum(jnp.log(std * jnp.sqrt(2.0 * jnp.pi)))
+    return jnp.exp(-0.5 * jnp.sum(z**2, axis=-1) - log_norm)
+
+
+@jax.jit
+def _weighted_kernel_sum(samples, weights, bin_centers, std):
+    return weights @ position_kernel(samples, bin_centers, std)
+
+
+def kernel_density(samples: np.ndarray, bin_centers: np.ndarray, std: np.ndarray, dtype) -> np.ndarray:
+    """mean_j K_x(x - x_j) at every bin, summed in fixed-size blocks of samples.
+
+    samples : (n_samples, n_dims); returns (n_bins,) float64 (zeros if no samples).
+    """
+    n_samples = samples.shape[0]
+    total = np.zeros(bin_centers.shape[0])
+    if n_samples == 0:
+        return total
+    centers = jnp.asarray(bin_centers, dtype=dtype)
+    std = jnp.asarray(std, dtype=dtype)
+    for start in range(0, n_samples, _SAMPLE_BLOCK):
+        block, valid = _pad_rows(samples[start : start + _SAMPLE_BLOCK], _SAMPLE_BLOCK)
+        total += np.asarray(
+            _weighted_kernel_sum(jnp.asarray(block, dtype=dtype), jnp.asarray(valid, dtype=dtype), centers, std),
+            dtype=np.float64,
+        )
+    return total / n_samples
+
+
+def ground_process_intensity(
+    encoding: ElectrodeEncoding, occupancy: np.ndarray, bin_centers: np.ndarray, position_std: np.ndarray, dtype
+) -> np.ndarray:
+    """Lambda_e(x) = max(lambda_e mean_j K_x(x - x_j) / occ(x), 1e-15), (n_bins,)."""
+    density = kernel_density(encoding.positions, bin_centers, position_std, dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(occupancy > 0, encoding.mean_rate * density / occupancy, 0.0)
+    return np.maximum(rate, EPS)
+
+
+@partial(jax.jit, donate_argnums=0)
+def add_spike_terms(
+    log_likelihood: jnp.ndarray,
+    bin_index: jnp.ndarray,
+    decoding_marks: jnp.ndarray,
+    encoding_marks: jnp.ndarray,
+    encoding_valid: jnp.ndarray,
+    encoding_position_kernel: jnp.ndarray,
+    log_occupancy: jnp.ndarray,
+    log_scale: jnp.ndarray,
+) -> jnp.ndarray:
+    """Add one block of decoding spikes' log joint mark intensities to their time bins.
+
+    log_likelihood : (n_time, n_bins) chunk being accumulated (donated).
+    bin_index : (B,) time bin of each spike within the chunk; n_time for padding rows.
+    decoding_marks : (B, F); encoding_marks : (E, F), both divided by waveform_std.
+    encoding_valid : (E,) False on padding rows.
+    encoding_position_kernel : (E, n_bins) K_x(x - x_j).
+    log_occupancy : (n_bins,) log occ(x), +inf where occ is 0.
+    log_scale : () log(lambda_e / n_enc) + log of the mark kernel's normalization.
+    """
+    squared_distance = (
+        jnp.sum(decoding_marks**2, axis=1)[:, jnp.newaxis]
+        + jnp.sum(encoding_marks**2, axis=1)[jnp.newaxis, :]
+        - 2.0 * decoding_marks @ encoding_marks.T
+    )
+    log_mark = jnp.where(encoding_valid, -0.5 * jnp.maximum(squared_distance, 0.0), -jnp.inf)
+    shift = jnp.max(log_mark, axis=1, keepdims=True)
+    density = jnp.exp(log_mark - shift) @ encoding_position_kernel  # (B, n_bins)
+    term = jnp.log(density) + shift + log_scale - log_occupancy
+    term = jnp.maximum(term, LOG_EPS)
+    return log_likelihood.at[bin_index].add(term, mode="drop")
+
+
+@partial(jax.jit, donate_argnums=0)
+def add_constant_spike_terms(log_likelihood: jnp.ndarray, bin_index: jnp.ndarray) -> jnp.ndarray:
+    """Spikes of an electrode with no encoding spikes: each adds log 1e-15 everywhere."""
+    return log_likelihood.at[bin_index].add(LOG_EPS, mode="drop")
+
+
+def spike_block_size(n_spikes: int, max_block: int) -> int:
+    """Rows per likelihood block: a power of two (few compiled shapes), at most max_block."""
+    size = 16
+    while size < min(n_spikes, max_block):
+        size *= 2
+    return min(size, max(max_block, 16))
