@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -37,9 +38,9 @@ DEFAULT_CLUSTERLESS_ALGORITHM_PARAMS = {
 }
 # Largest block of decoding spikes per matrix product, whatever block_size says:
 # beyond this the product is no faster and only uses more memory.
-_MAX_SPIKE_BLOCK = 1024
+_MAX_SPIKE_BLOCK = 512
 # Bytes of log likelihood held per chunk of time (sets the chunk length).
-_CHUNK_BYTES = 96 * 2**20
+_CHUNK_BYTES = 32 * 2**20
 
 
 class ContFragClusterlessClassifier:
@@ -199,7 +200,7 @@ class ContFragClusterlessClassifier:
             raise ValueError(f"On a track, position must be (n, 2) or linear (n, 1); got {position.shape[1]} columns.")
 
         env.fit_place_grid(position, infer_track_interior=self.infer_track_interior)
-        centers = env.place_bin_centers_
+        axis_centers = env.axis_centers
         position_std = self._position_std()
 
         tracked = ~np.any(np.isnan(position), axis=1)
@@ -216,8 +217,8 @@ class ContFragClusterlessClassifier:
         dtype = self._jnp_dtype()
         disable = bool(self.clusterless_algorithm_params["disable_progress_bar"])
         with self._compute_context():
-            occupancy = lik.kernel_density(env.to_decoding_position(train_position), centers, position_std, dtype)
-            encodings, summed_gpi = [], np.zeros(centers.shape[0])
+            occupancy = lik.kernel_density(env.to_decoding_position(train_position), axis_centers, position_std, dtype)
+            encodings, summed_gpi = [], np.zeros(occupancy.shape[0])
             for e in tqdm(range(len(spike_times)), desc="Encoding models", unit="electrode", disable=disable):
                 times = spike_times[e]
                 keep = in_window(times) & (times >= train_time[0]) & (times <= train_time[-1])
@@ -231,9 +232,9 @@ class ContFragClusterlessClassifier:
                 )
                 _check_waveform_std(waveform_std, encoding.marks.shape[1], e)
                 encodings.append(encoding)
-                summed_gpi += lik.ground_process_intensity(encoding, occupancy, centers, position_std, dtype)
+                summed_gpi += lik.ground_process_intensity(encoding, occupancy, axis_centers, position_std, dtype)
 
-        n_bins = centers.shape[0]
+        n_bins = occupancy.shape[0]
         interior = env.is_track_interior_.ravel()
         if not interior.any():
             raise ValueError("The spatial grid has no interior bin: check the positions and place_bin_size.")
@@ -275,6 +276,29 @@ class ContFragClusterlessClassifier:
         decoded = self._decode(time, spike_times, marks, is_missing, ll_cache=None)
         return self._results(time, decoded, [decoded["marginal_log_likelihood"]])
 
+    def compute_log_likelihood(
+        self,
+        time: np.ndarray,
+        spike_times: list[np.ndarray],
+        spike_waveform_features: list[np.ndarray],
+        is_missing: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """LL_i(x) of MODEL.md for every time bin and spatial bin: (n_time, n_bins),
+        NaN outside the track. Holds all of it in memory: for inspection, not decoding."""
+        self._check_fitted()
+        time = _check_time(time)
+        is_missing = self._missing_mask(time, None, is_missing)
+        spike_times, marks = self._check_decoding_spikes(spike_times, spike_waveform_features)
+        n_time = time.shape[0]
+        with self._compute_context():
+            dtype = self._jnp_dtype()
+            spikes = self._prepare_decoding_spikes(time, spike_times, marks, dtype)
+            with tqdm(total=len(spike_times), disable=True) as progress:
+                ll = np.asarray(self._log_likelihood_chunk(0, n_time, n_time, spikes, is_missing, dtype, progress))
+        ll = ll.astype(np.float64)
+        ll[:, ~self.environments.is_track_interior_.ravel()] = np.nan
+        return ll
+
     def estimate_parameters(
         self,
         position_time: np.ndarray,
@@ -314,8 +338,12 @@ class ContFragClusterlessClassifier:
         spike_times, marks = self._check_decoding_spikes(spike_times, spike_waveform_features)
         cache: dict = {}
         history: list[float] = []
+        decoded = {"causal_posterior": None, "acausal_posterior": None}
         while True:
-            decoded = self._decode(time, spike_times, marks, is_missing, cache)
+            # each iteration overwrites the previous one's posteriors
+            decoded = self._decode(
+                time, spike_times, marks, is_missing, cache, decoded["causal_posterior"], decoded["acausal_posterior"]
+            )
             history.append(decoded["marginal_log_likelihood"])
             converged = len(history) > 1 and _relative_change(history[-1], history[-2]) < tolerance
             if converged or len(history) >= max_iter:
@@ -329,18 +357,17 @@ class ContFragClusterlessClassifier:
                     self.discrete_transition_concentration,
                 )
             if estimate_initial_conditions:
-                first = decoded["acausal_posterior"][0].reshape(2, -1)
-                self.initial_conditions_ = np.nan_to_num(first.astype(np.float64), nan=0.0)
+                first = np.asarray(decoded["acausal_posterior"][0], dtype=np.float64).reshape(2, -1)
+                self.initial_conditions_ = np.nan_to_num(first, nan=0.0)
 
     # ------------------------------------------------------------------ core
 
     def _results(self, time, decoded, history) -> xr.Dataset:
-        n_time = time.shape[0]
         results = make_results(
             time,
             self.environments,
-            decoded["acausal_posterior"].reshape(n_time, -1),
-            decoded["causal_posterior"].reshape(n_time, -1),
+            decoded["acausal_posterior"],
+            decoded["causal_posterior"],
             decoded["acausal_state_probabilities"],
             decoded["causal_state_probabilities"],
             history,
@@ -348,80 +375,80 @@ class ContFragClusterlessClassifier:
         results.attrs["device"] = self.device_
         return results
 
-    def _decode(self, time, spike_times, marks, is_missing, ll_cache) -> dict:
-        """Filter then smooth, chunk by chunk; posteriors land in host arrays.
+    def _decode(self, time, spike_times, marks, is_missing, ll_cache, causal_out=None, acausal_out=None) -> dict:
+        """Filter then smooth, one chunk of time at a time.
 
-        Returns posteriors (n_time, 2, n_bins), NaN outside the track, the per-state
-        probabilities (n_time, 2), the one-step predicted per-state probabilities and
-        the marginal log likelihood.
+        The posteriors are written to ``causal_out`` and ``acausal_out``: anything
+        sliceable of shape (n_time, 2 * n_bins) (NumPy arrays, HDF5 variables); new
+        NumPy arrays if None. The smoother reads the causal posterior back from
+        ``causal_out``, so device memory holds one chunk at a time whatever the length.
+        Returns the two sinks, the per-state probabilities (n_time, 2) (causal, acausal,
+        and the one-step predicted ones) and the marginal log likelihood.
         """
         env = self.environments
         grid = env.centers_shape_
         n_bins = self.n_bins_
         n_time = time.shape[0]
-        interior = env.is_track_interior_.ravel()
         out_dtype = np.float32 if self.dtype == "float32" else np.float64
-        chunk = int(np.clip(_CHUNK_BYTES // (4 * n_bins), 256, 16384))
-        chunk = min(chunk, n_time)
+        if causal_out is None:
+            causal_out = np.empty((n_time, 2 * n_bins), dtype=out_dtype)
+        if acausal_out is None:
+            acausal_out = np.empty((n_time, 2 * n_bins), dtype=out_dtype)
+        chunk = min(int(np.clip(_CHUNK_BYTES // (4 * n_bins), 256, 16384)), n_time)
         starts = list(range(0, n_time, chunk))
-        causal = np.empty((n_time, 2, n_bins), dtype=out_dtype)
-        acausal = np.empty((n_time, 2, n_bins), dtype=out_dtype)
-        predicted_state = np.empty((n_time, 2))
+        state = {k: np.empty((n_time, 2)) for k in ("causal", "acausal", "predicted")}
         disable = bool(self.clusterless_algorithm_params["disable_progress_bar"])
 
         with self._compute_context():
             dtype = self._jnp_dtype()
             transitions = make_transitions(env, self.movement_var, self.discrete_state_transitions_, dtype)
             spikes = self._prepare_decoding_spikes(time, spike_times, marks, dtype)
-            progress = tqdm(
-                total=len(starts) * len(spike_times), desc="Likelihood", unit="electrode", disable=disable
-            )
             prior = jnp.asarray(self.initial_conditions_.reshape(2, *grid), dtype=dtype)
-            log_marginal = 0.0
-            for start in starts:
-                stop = min(start + chunk, n_time)
-                if ll_cache is not None and start in ll_cache:
-                    ll = jnp.asarray(ll_cache[start])
-                    progress.update(len(spike_times))
-                else:
-                    ll = self._log_likelihood_chunk(start, stop, chunk, spikes, is_missing, dtype, progress)
-                    if ll_cache is not None:
-                        ll_cache[start] = np.asarray(ll)
-                valid = jnp.arange(chunk) < stop - start
-                (prior, chunk_marginal), (chunk_causal, chunk_predicted) = inference.filter_chunk(
-                    transitions, prior, ll.reshape(chunk, *grid), valid
-                )
-                log_marginal += float(chunk_marginal)
-                causal[start:stop] = np.asarray(chunk_causal)[: stop - start].reshape(-1, 2, n_bins)
-                predicted_state[start:stop] = np.asarray(chunk_predicted)[: stop - start]
-            progress.close()
+            log_marginal = jnp.zeros((), dtype)
+            with tqdm(total=len(starts) * len(spike_times), desc="Likelihood", unit="electrode", disable=disable) as bar:
+                for start in starts:
+                    stop = min(start + chunk, n_time)
+                    if ll_cache is not None and start in ll_cache:
+                        ll = jnp.asarray(ll_cache[start])
+                        bar.update(len(spike_times))
+                    else:
+                        ll = self._log_likelihood_chunk(start, stop, chunk, spikes, is_missing, dtype, bar)
+                        if ll_cache is not None:
+                            ll_cache[start] = np.asarray(ll)
+                    valid = jnp.arange(chunk) < stop - start
+                    (prior, chunk_marginal), (causal, predicted) = inference.filter_chunk(
+                        transitions, prior, ll.reshape(chunk, *grid), valid
+                    )
+                    log_marginal = log_marginal + chunk_marginal
+                    flat, state_probabilities = _to_output(causal, transitions.interior)
+                    causal_out[start:stop] = np.asarray(flat)[: stop - start]
+                    state["causal"][start:stop] = np.asarray(state_probabilities)[: stop - start]
+                    state["predicted"][start:stop] = np.asarray(predicted)[: stop - start]
 
             acausal_next = jnp.zeros((2, *grid), dtype=dtype)
-            padded = np.zeros((chunk, 2, n_bins), dtype=out_dtype)
             for start in reversed(starts):
                 stop = min(start + chunk, n_time)
-                padded[: stop - start] = causal[start:stop]
+                causal = np.zeros((chunk, 2 * n_bins), dtype=out_dtype)
+                causal[: stop - start] = causal_out[start:stop]
                 index = np.arange(start, start + chunk)
-                acausal_next, chunk_acausal = inference.smoother_chunk(
+                acausal_next, acausal = inference.smoother_chunk(
                     transitions,
                     acausal_next,
-                    jnp.asarray(padded).reshape(chunk, 2, *grid),
+                    _from_output(jnp.asarray(causal), grid),
                     jnp.asarray(index == n_time - 1),
                     jnp.asarray(index < n_time),
                 )
-                acausal[start:stop] = np.asarray(chunk_acausal)[: stop - start].reshape(-1, 2, n_bins)
+                flat, state_probabilities = _to_output(acausal, transitions.interior)
+                acausal_out[start:stop] = np.asarray(flat)[: stop - start]
+                state["acausal"][start:stop] = np.asarray(state_probabilities)[: stop - start]
+            log_marginal = float(log_marginal)
         self.device_ = str(self._device())
-
-        causal_state = causal.sum(axis=2, dtype=np.float64)
-        acausal_state = acausal.sum(axis=2, dtype=np.float64)
-        causal[:, :, ~interior] = np.nan
-        acausal[:, :, ~interior] = np.nan
         return {
-            "causal_posterior": causal,
-            "acausal_posterior": acausal,
-            "causal_state_probabilities": causal_state,
-            "acausal_state_probabilities": acausal_state,
-            "predicted_state_probabilities": predicted_state,
+            "causal_posterior": causal_out,
+            "acausal_posterior": acausal_out,
+            "causal_state_probabilities": state["causal"],
+            "acausal_state_probabilities": state["acausal"],
+            "predicted_state_probabilities": state["predicted"],
             "marginal_log_likelihood": log_marginal,
         }
 
@@ -460,7 +487,7 @@ class ContFragClusterlessClassifier:
         """LL for time bins [start, stop), padded to ``chunk`` rows: (chunk, n_bins)."""
         env = self.environments
         interior = env.is_track_interior_.ravel()
-        centers = jnp.asarray(env.place_bin_centers_, dtype=dtype)
+        axis_centers = tuple(jnp.asarray(c, dtype=dtype) for c in env.axis_centers)
         position_std = jnp.asarray(self._position_std(), dtype=dtype)
         with np.errstate(divide="ignore"):
             log_occupancy = np.where(self.occupancy_ > 0, np.log(self.occupancy_), np.inf)
@@ -470,21 +497,20 @@ class ContFragClusterlessClassifier:
         max_block = min(int(self.clusterless_algorithm_params["block_size"]), _MAX_SPIKE_BLOCK)
         for item in spikes:
             lo, hi = np.searchsorted(item["bins"], [start, stop])
-            n = hi - lo
-            if n:
-                block = lik.spike_block_size(n, max_block)
+            if hi > lo:
                 kernel = None
                 if item["n_encoding"]:
-                    kernel = lik.position_kernel(item["encoding_positions"], centers, position_std)
-                for b in range(lo, hi, block):
-                    rows = slice(b, min(b + block, hi))
-                    bins = np.full(block, chunk, dtype=np.int32)
-                    bins[: rows.stop - rows.start] = item["bins"][rows] - start
+                    kernel = lik.position_kernel(item["encoding_positions"], axis_centers, position_std)
+                for offset, size in lik.spike_blocks(hi - lo, max_block):
+                    rows = slice(lo + offset, min(lo + offset + size, hi))
+                    n = rows.stop - rows.start
+                    bins = np.full(size, chunk, dtype=np.int32)  # padding rows fall outside the chunk
+                    bins[:n] = item["bins"][rows] - start
                     if kernel is None:
                         ll = lik.add_constant_spike_terms(ll, jnp.asarray(bins))
                         continue
-                    block_marks = np.zeros((block, item["marks"].shape[1]))
-                    block_marks[: rows.stop - rows.start] = item["marks"][rows]
+                    block_marks = np.zeros((size, item["marks"].shape[1]))
+                    block_marks[:n] = item["marks"][rows]
                     ll = lik.add_spike_terms(
                         ll,
                         jnp.asarray(bins),
@@ -665,6 +691,22 @@ class ContFragClusterlessClassifier:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@jax.jit
+def _to_output(posterior: jnp.ndarray, interior: jnp.ndarray):
+    """(T, 2, *grid) -> the stored layout (T, 2 * n_bins) with NaN outside the track,
+    and the per-state probabilities (T, 2)."""
+    n_time = posterior.shape[0]
+    state_axes = tuple(range(2, posterior.ndim))
+    flat = jnp.where(interior > 0, posterior, jnp.nan).reshape(n_time, -1)
+    return flat, posterior.sum(axis=state_axes)
+
+
+@partial(jax.jit, static_argnums=1)
+def _from_output(flat: jnp.ndarray, grid: tuple) -> jnp.ndarray:
+    """The stored layout back to (T, 2, *grid), zeros outside the track."""
+    return jnp.nan_to_num(flat, nan=0.0).reshape(flat.shape[0], 2, *grid)
 
 
 def resolve_device(device) -> jax.Device:

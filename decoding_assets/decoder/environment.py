@@ -76,6 +76,11 @@ class Environment:
         return self.place_bin_centers_ is not None
 
     @property
+    def axis_centers(self) -> list[np.ndarray]:
+        """Bin centres along each grid axis (one array on a track)."""
+        return [0.5 * (edges[1:] + edges[:-1]) for edges in self.edges_]
+
+    @property
     def n_position_dims(self) -> int:
         """Dimensions of the decoded position (1 on a track)."""
         return 1 if self.is_track else len(self.edges_)

@@ -53,33 +53,42 @@ def _pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
     return padded, valid
 
 
-@jax.jit
-def position_kernel(samples: jnp.ndarray, bin_centers: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
-    """K_x(x - x_j) for every sample j and bin x.
+def position_kernel(samples: jnp.ndarray, axis_centers: tuple, std: jnp.ndarray) -> jnp.ndarray:
+    """K_x(x - x_j) for every sample j and grid bin x.
 
-    samples : (n_samples, n_dims); bin_centers : (n_bins, n_dims); std : (n_dims,).
-    returns (n_samples, n_bins).
+    The kernel is a product over dimensions and the bins form a grid, so each row is
+    an outer product of per-axis factors: sum(n_d) exponentials per sample, not prod(n_d).
+
+    samples : (n_samples, n_dims); axis_centers : n_dims arrays (n_d,) of bin centres
+    along each axis (one array on a track); std : (n_dims,).
+    returns (n_samples, prod(n_d)), bins in C order.
     """
-    z = (samples[:, jnp.newaxis, :] - bin_centers[jnp.newaxis, :, :]) / std
-    log_norm = jnp.sum(jnp.log(std * jnp.sqrt(2.0 * jnp.pi)))
-    return jnp.exp(-0.5 * jnp.sum(z**2, axis=-1) - log_norm)
+    kernel = jnp.ones((samples.shape[0], 1), dtype=samples.dtype)
+    for d, centers in enumerate(axis_centers):
+        z = (samples[:, d, jnp.newaxis] - centers[jnp.newaxis, :]) / std[d]
+        factor = jnp.exp(-0.5 * z**2) / (std[d] * jnp.sqrt(2.0 * jnp.pi))
+        kernel = (kernel[:, :, jnp.newaxis] * factor[:, jnp.newaxis, :]).reshape(samples.shape[0], -1)
+    return kernel
+
+
+position_kernel = jax.jit(position_kernel)
 
 
 @jax.jit
-def _weighted_kernel_sum(samples, weights, bin_centers, std):
-    return weights @ position_kernel(samples, bin_centers, std)
+def _weighted_kernel_sum(samples, weights, axis_centers, std):
+    return weights @ position_kernel(samples, axis_centers, std)
 
 
-def kernel_density(samples: np.ndarray, bin_centers: np.ndarray, std: np.ndarray, dtype) -> np.ndarray:
-    """mean_j K_x(x - x_j) at every bin, summed in fixed-size blocks of samples.
+def kernel_density(samples: np.ndarray, axis_centers: list[np.ndarray], std: np.ndarray, dtype) -> np.ndarray:
+    """mean_j K_x(x - x_j) at every grid bin, summed in fixed-size blocks of samples.
 
     samples : (n_samples, n_dims); returns (n_bins,) float64 (zeros if no samples).
     """
     n_samples = samples.shape[0]
-    total = np.zeros(bin_centers.shape[0])
+    total = np.zeros(int(np.prod([len(c) for c in axis_centers])))
     if n_samples == 0:
         return total
-    centers = jnp.asarray(bin_centers, dtype=dtype)
+    centers = tuple(jnp.asarray(c, dtype=dtype) for c in axis_centers)
     std = jnp.asarray(std, dtype=dtype)
     for start in range(0, n_samples, _SAMPLE_BLOCK):
         block, valid = _pad_rows(samples[start : start + _SAMPLE_BLOCK], _SAMPLE_BLOCK)
@@ -91,10 +100,10 @@ def kernel_density(samples: np.ndarray, bin_centers: np.ndarray, std: np.ndarray
 
 
 def ground_process_intensity(
-    encoding: ElectrodeEncoding, occupancy: np.ndarray, bin_centers: np.ndarray, position_std: np.ndarray, dtype
+    encoding: ElectrodeEncoding, occupancy: np.ndarray, axis_centers: list[np.ndarray], position_std: np.ndarray, dtype
 ) -> np.ndarray:
     """Lambda_e(x) = max(lambda_e mean_j K_x(x - x_j) / occ(x), 1e-15), (n_bins,)."""
-    density = kernel_density(encoding.positions, bin_centers, position_std, dtype)
+    density = kernel_density(encoding.positions, axis_centers, position_std, dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(occupancy > 0, encoding.mean_rate * density / occupancy, 0.0)
     return np.maximum(rate, EPS)
@@ -140,9 +149,19 @@ def add_constant_spike_terms(log_likelihood: jnp.ndarray, bin_index: jnp.ndarray
     return log_likelihood.at[bin_index].add(LOG_EPS, mode="drop")
 
 
-def spike_block_size(n_spikes: int, max_block: int) -> int:
-    """Rows per likelihood block: a power of two (few compiled shapes), at most max_block."""
-    size = 16
-    while size < min(n_spikes, max_block):
-        size *= 2
-    return min(size, max(max_block, 16))
+def spike_blocks(n_spikes: int, max_block: int) -> list[tuple[int, int]]:
+    """(first row, padded size) of each block of decoding spikes.
+
+    Full blocks of ``max_block`` rows, then the remainder padded to a power of two (at
+    least 32): few compiled shapes, and never more than the tail block is padding.
+    """
+    blocks, start = [], 0
+    while n_spikes - start >= max_block:
+        blocks.append((start, max_block))
+        start += max_block
+    if start < n_spikes:
+        size = 32
+        while size < n_spikes - start:
+            size *= 2
+        blocks.append((start, min(size, max_block)))
+    return blocks
