@@ -69,9 +69,9 @@ def main() -> None:
     fit_s = time.perf_counter() - start
 
     predict_s = []
-    results = None
+    results = posterior = None
     for _ in range(2):
-        del results  # hold one result at a time, as a user decoding session after session would
+        del results, posterior  # hold one result at a time, as a user decoding session after session would
         start = time.perf_counter()
         results = clf.predict(encode_times, encode_marks, time=inputs["decode_time"])
         posterior = np.asarray(results["acausal_posterior"].values)  # forces the work to finish

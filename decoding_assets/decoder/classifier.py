@@ -39,8 +39,9 @@ DEFAULT_CLUSTERLESS_ALGORITHM_PARAMS = {
 # Largest block of decoding spikes per matrix product, whatever block_size says:
 # beyond this the product is no faster and only uses more memory.
 _MAX_SPIKE_BLOCK = 512
-# Bytes of log likelihood held per chunk of time (sets the chunk length).
-_CHUNK_BYTES = 32 * 2**20
+# Bytes of log likelihood per chunk of time, and of posterior per filter/smoother call.
+_CHUNK_BYTES = 128 * 2**20
+_STEP_BYTES = 16 * 2**20
 
 
 class ContFragClusterlessClassifier:
@@ -294,9 +295,9 @@ class ContFragClusterlessClassifier:
             dtype = self._jnp_dtype()
             spikes = self._prepare_decoding_spikes(time, spike_times, marks, dtype)
             with tqdm(total=len(spike_times), disable=True) as progress:
-                ll = np.asarray(self._log_likelihood_chunk(0, n_time, n_time, spikes, is_missing, dtype, progress))
-        ll = ll.astype(np.float64)
-        ll[:, ~self.environments.is_track_interior_.ravel()] = np.nan
+                inside = np.asarray(self._log_likelihood_chunk(0, n_time, n_time, spikes, is_missing, dtype, progress))
+        ll = np.full((n_time, self.n_bins_), np.nan)
+        ll[:, self.environments.is_track_interior_.ravel()] = inside
         return ll
 
     def estimate_parameters(
@@ -394,43 +395,53 @@ class ContFragClusterlessClassifier:
             causal_out = np.empty((n_time, 2 * n_bins), dtype=out_dtype)
         if acausal_out is None:
             acausal_out = np.empty((n_time, 2 * n_bins), dtype=out_dtype)
-        chunk = min(int(np.clip(_CHUNK_BYTES // (4 * n_bins), 256, 16384)), n_time)
-        starts = list(range(0, n_time, chunk))
+        step, span = _chunk_lengths(n_time, n_bins, int(env.is_track_interior_.sum()))
         state = {k: np.empty((n_time, 2)) for k in ("causal", "acausal", "predicted")}
         disable = bool(self.clusterless_algorithm_params["disable_progress_bar"])
+        n_spans = -(-n_time // span)
 
         with self._compute_context():
             dtype = self._jnp_dtype()
             transitions = make_transitions(env, self.movement_var, self.discrete_state_transitions_, dtype)
+            interior_index = jnp.asarray(np.flatnonzero(env.is_track_interior_.ravel()))
             spikes = self._prepare_decoding_spikes(time, spike_times, marks, dtype)
             prior = jnp.asarray(self.initial_conditions_.reshape(2, *grid), dtype=dtype)
             log_marginal = jnp.zeros((), dtype)
-            with tqdm(total=len(starts) * len(spike_times), desc="Likelihood", unit="electrode", disable=disable) as bar:
-                for start in starts:
-                    stop = min(start + chunk, n_time)
-                    if ll_cache is not None and start in ll_cache:
-                        ll = jnp.asarray(ll_cache[start])
+            with tqdm(total=n_spans * len(spike_times), desc="Likelihood", unit="electrode", disable=disable) as bar:
+                for span_start in range(0, n_time, span):
+                    span_stop = min(span_start + span, n_time)
+                    if ll_cache is not None and span_start in ll_cache:
+                        ll = jnp.asarray(ll_cache[span_start])
                         bar.update(len(spike_times))
                     else:
-                        ll = self._log_likelihood_chunk(start, stop, chunk, spikes, is_missing, dtype, bar)
+                        ll = self._log_likelihood_chunk(span_start, span_stop, span, spikes, is_missing, dtype, bar)
                         if ll_cache is not None:
-                            ll_cache[start] = np.asarray(ll)
-                    valid = jnp.arange(chunk) < stop - start
-                    (prior, chunk_marginal), (causal, predicted) = inference.filter_chunk(
-                        transitions, prior, ll.reshape(chunk, *grid), valid
-                    )
-                    log_marginal = log_marginal + chunk_marginal
-                    flat, state_probabilities = _to_output(causal, transitions.interior)
-                    causal_out[start:stop] = np.asarray(flat)[: stop - start]
-                    state["causal"][start:stop] = np.asarray(state_probabilities)[: stop - start]
-                    state["predicted"][start:stop] = np.asarray(predicted)[: stop - start]
+                            ll_cache[span_start] = np.asarray(ll)
+                    for start in range(span_start, span_stop, step):
+                        stop = min(start + step, n_time)
+                        offset = start - span_start
+                        (prior, chunk_marginal), (causal, predicted) = inference.filter_chunk(
+                            transitions,
+                            prior,
+                            _on_grid(ll[offset : offset + step], interior_index, grid),
+                            jnp.arange(start, start + step) < n_time,
+                        )
+                        log_marginal = log_marginal + chunk_marginal
+                        flat, state_probabilities = _to_output(causal, transitions.interior)
+                        causal_out[start:stop] = np.asarray(flat)[: stop - start]
+                        state["causal"][start:stop] = np.asarray(state_probabilities)[: stop - start]
+                        state["predicted"][start:stop] = np.asarray(predicted)[: stop - start]
 
             acausal_next = jnp.zeros((2, *grid), dtype=dtype)
-            for start in reversed(starts):
-                stop = min(start + chunk, n_time)
-                causal = np.zeros((chunk, 2 * n_bins), dtype=out_dtype)
-                causal[: stop - start] = causal_out[start:stop]
-                index = np.arange(start, start + chunk)
+            padded = np.zeros((step, 2 * n_bins), dtype=out_dtype)  # the last, short chunk
+            for start in reversed(range(0, n_time, step)):
+                stop = min(start + step, n_time)
+                if stop - start == step:
+                    causal = causal_out[start:stop]
+                else:
+                    padded[: stop - start] = causal_out[start:stop]
+                    causal = padded
+                index = np.arange(start, start + step)
                 acausal_next, acausal = inference.smoother_chunk(
                     transitions,
                     acausal_next,
@@ -471,8 +482,9 @@ class ContFragClusterlessClassifier:
                 "n_encoding": encoding.marks.shape[0],
             }
             if item["n_encoding"]:
-                enc_marks, valid = lik._pad_rows((encoding.marks - center) / std, lik._ENCODING_PAD)
-                enc_positions, _ = lik._pad_rows(encoding.positions, lik._ENCODING_PAD)
+                n_padded = lik.encoding_bucket(item["n_encoding"])
+                enc_marks, valid = lik._pad_rows((encoding.marks - center) / std, n_padded)
+                enc_positions, _ = lik._pad_rows(encoding.positions, n_padded)
                 item["encoding_marks"] = jnp.asarray(enc_marks, dtype=dtype)
                 item["encoding_valid"] = jnp.asarray(valid)
                 item["encoding_positions"] = jnp.asarray(enc_positions, dtype=dtype)
@@ -484,23 +496,28 @@ class ContFragClusterlessClassifier:
         return prepared
 
     def _log_likelihood_chunk(self, start, stop, chunk, spikes, is_missing, dtype, progress) -> jnp.ndarray:
-        """LL for time bins [start, stop), padded to ``chunk`` rows: (chunk, n_bins)."""
+        """LL at interior bins for time bins [start, stop), padded to ``chunk`` rows:
+        (chunk, n_interior). Bins outside the track carry no probability, so the
+        likelihood is never computed there."""
         env = self.environments
         interior = env.is_track_interior_.ravel()
+        interior_index = jnp.asarray(np.flatnonzero(interior))
         axis_centers = tuple(jnp.asarray(c, dtype=dtype) for c in env.axis_centers)
         position_std = jnp.asarray(self._position_std(), dtype=dtype)
+        occupancy = self.occupancy_[interior]
         with np.errstate(divide="ignore"):
-            log_occupancy = np.where(self.occupancy_ > 0, np.log(self.occupancy_), np.inf)
-        log_occupancy = jnp.asarray(log_occupancy, dtype=dtype)
-        ground = np.where(interior, self.summed_ground_process_intensity_, 0.0)
-        ll = jnp.zeros((chunk, self.n_bins_), dtype=dtype) - jnp.asarray(ground, dtype=dtype)
+            log_occupancy = jnp.asarray(np.where(occupancy > 0, np.log(occupancy), np.inf), dtype=dtype)
+        ground = jnp.asarray(self.summed_ground_process_intensity_[interior], dtype=dtype)
+        ll = jnp.zeros((chunk, int(interior.sum())), dtype=dtype) - ground
         max_block = min(int(self.clusterless_algorithm_params["block_size"]), _MAX_SPIKE_BLOCK)
         for item in spikes:
             lo, hi = np.searchsorted(item["bins"], [start, stop])
             if hi > lo:
                 kernel = None
                 if item["n_encoding"]:
-                    kernel = lik.position_kernel(item["encoding_positions"], axis_centers, position_std)
+                    kernel = _interior_columns(
+                        lik.position_kernel(item["encoding_positions"], axis_centers, position_std), interior_index
+                    )
                 for offset, size in lik.spike_blocks(hi - lo, max_block):
                     rows = slice(lo + offset, min(lo + offset + size, hi))
                     n = rows.stop - rows.start
@@ -691,6 +708,33 @@ class ContFragClusterlessClassifier:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _chunk_lengths(n_time: int, n_bins: int, n_interior: int) -> tuple[int, int]:
+    """(step, span): time bins per filter/smoother call and per likelihood chunk.
+
+    A step's buffers stay under 16 MB, which the C allocator recycles instead of
+    mapping fresh pages for every chunk; a span of log likelihood is up to 128 MB, so
+    the position kernels are rebuilt rarely. span is a multiple of step.
+    """
+    step = int(np.clip(_STEP_BYTES // (8 * n_bins), 64, 4096))
+    step = min(step, n_time)
+    span = int(np.clip(_CHUNK_BYTES // (4 * max(n_interior, 1)), step, 65536))
+    span = min(span // step * step, -(-n_time // step) * step)
+    return step, span
+
+
+@jax.jit
+def _interior_columns(kernel: jnp.ndarray, interior_index: jnp.ndarray) -> jnp.ndarray:
+    return kernel[:, interior_index]
+
+
+@partial(jax.jit, static_argnums=2)
+def _on_grid(log_likelihood: jnp.ndarray, interior_index: jnp.ndarray, grid: tuple) -> jnp.ndarray:
+    """(T, n_interior) -> (T, *grid), zero outside the track."""
+    n_time = log_likelihood.shape[0]
+    full = jnp.zeros((n_time, int(np.prod(grid))), log_likelihood.dtype)
+    return full.at[:, interior_index].set(log_likelihood).reshape(n_time, *grid)
 
 
 @jax.jit
