@@ -1,0 +1,33 @@
+"""The one place the Dagster ``Definitions`` are assembled (``dagster dev -m
+decoding_assets.definitions`` or ``workspace.yaml``)."""
+
+import dagster as dg
+
+from decoding_assets import pipeline
+from decoding_assets.defs.automation import (
+    build_decoding_jobs,
+    build_missing_decodes_schedule,
+    new_nwb_files,
+    parameters_job,
+    sessions_job,
+)
+from decoding_assets.defs.decoding import build_decoding_assets
+from decoding_assets.defs.parameters import parameter_sets
+from decoding_assets.defs.resources import default_catalog_resource
+from decoding_assets.defs.sessions import session_assets
+
+
+def build_definitions(config: dict | None = None) -> dg.Definitions:
+    config = config or pipeline.load_config()
+    decoding_assets = build_decoding_assets(config)
+    decoding_jobs = build_decoding_jobs(decoding_assets, config["decodings"])
+    return dg.Definitions(
+        assets=[parameter_sets, *session_assets, *decoding_assets],
+        jobs=[parameters_job, sessions_job, *decoding_jobs],
+        sensors=[new_nwb_files],
+        schedules=[build_missing_decodes_schedule(c, j) for c, j in zip(config["decodings"], decoding_jobs)],
+        resources={"catalog": default_catalog_resource()},
+    )
+
+
+defs = build_definitions()

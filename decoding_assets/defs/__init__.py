@@ -1,0 +1,1 @@
+"""The Dagster layer: definitions grouped by domain, assembled in ``definitions.py``."""

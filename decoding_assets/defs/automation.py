@@ -1,0 +1,109 @@
+"""Jobs, the sensor that picks up new NWB files, and the schedule that decodes what is
+missing."""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from catalog import CatalogError, merge_id_for
+from decoding_assets import pipeline
+from decoding_assets.nwb import NWBReadError
+
+from .parameters import parameter_sets
+from .partitions import decoding_intervals_partitions, decoding_partitions, sessions_partitions
+from .resources import CatalogResource, watch_folder
+from .sessions import session_assets
+
+parameters_job = dg.define_asset_job("store_parameter_sets", selection=[parameter_sets])
+sessions_job = dg.define_asset_job(
+    "process_sessions", selection=dg.AssetSelection.assets(*session_assets), partitions_def=sessions_partitions
+)
+
+
+def decoding_job_name(config: pipeline.DecodingConfig) -> str:
+    return f"decode_{config.name}"
+
+
+def build_decoding_jobs(decoding_assets: list[dg.AssetsDefinition], configs) -> list:
+    return [
+        dg.define_asset_job(decoding_job_name(c), selection=[a], partitions_def=decoding_partitions)
+        for a, c in zip(decoding_assets, configs)
+    ]
+
+
+def register_file(catalog, instance: dg.DagsterInstance, path: Path) -> tuple[str, list[str]]:
+    """Register an NWB file in the catalog and add its partitions to the instance."""
+    cat = catalog.get()
+    nwb_file_name = pipeline.register_session(cat, path)
+    intervals = sorted(
+        {n for c in pipeline.load_config()["decodings"] for n in pipeline.decoding_intervals(cat, nwb_file_name, c)}
+    )
+    instance.add_dynamic_partitions(sessions_partitions.name, [nwb_file_name])
+    instance.add_dynamic_partitions(decoding_intervals_partitions.name, intervals)
+    return nwb_file_name, intervals
+
+
+@dg.sensor(job=sessions_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def new_nwb_files(context: dg.SensorEvaluationContext, catalog: CatalogResource):
+    """Registers NWB files that appear in the watched folder and processes them."""
+    folder = watch_folder()
+    if not folder.is_dir():
+        return dg.SkipReason(f"Watched folder {folder} does not exist; create it or set DECODING_ASSETS_WATCH_DIR.")
+    cat = catalog.get()
+    known = set(cat.sessions()["nwb_file_name"])
+    requests, problems = [], []
+    for path in sorted(folder.glob("*.nwb")):
+        if path.name in known:
+            continue
+        try:
+            nwb_file_name, _ = register_file(catalog, context.instance, path)
+        except (CatalogError, NWBReadError) as error:
+            problems.append(f"{path.name}: {error}")
+            continue
+        requests.append(dg.RunRequest(run_key=nwb_file_name, partition_key=nwb_file_name))
+    for problem in problems:
+        context.log.error(problem)
+    if not requests:
+        return dg.SkipReason("No new NWB files." + (f" Not registered: {'; '.join(problems)}" if problems else ""))
+    return requests
+
+
+def build_missing_decodes_schedule(config: pipeline.DecodingConfig, job) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name=f"{decoding_job_name(config)}_missing",
+        job=job,
+        cron_schedule="0 * * * *",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Every hour, decode ({config.name}) every interval of every processed session that has no output yet.",
+    )
+    def _missing(context: dg.ScheduleEvaluationContext, catalog: CatalogResource):
+        cat = catalog.get()
+        decoded = set(cat.outputs()["merge_id"]) if len(cat.outputs()) else set()
+        requests = []
+        for nwb_file_name in cat.sessions()["nwb_file_name"]:
+            try:
+                cat.fetch_features_group(nwb_file_name, config.waveform_features_group_name)
+                cat.fetch_position_group(nwb_file_name, config.position_group_name)
+            except CatalogError:
+                continue  # not processed yet: the sessions job will get there first
+            intervals = pipeline.decoding_intervals(cat, nwb_file_name, config)
+            context.instance.add_dynamic_partitions(sessions_partitions.name, [nwb_file_name])
+            context.instance.add_dynamic_partitions(decoding_intervals_partitions.name, intervals)
+            for interval in intervals:
+                selection = {
+                    "nwb_file_name": nwb_file_name,
+                    "waveform_features_group_name": config.waveform_features_group_name,
+                    "position_group_name": config.position_group_name,
+                    "decoding_param_name": config.decoding_param_name,
+                    "encoding_interval": pipeline.encoding_interval_for(cat, nwb_file_name, config, interval),
+                    "decoding_interval": interval,
+                    "estimate_decoding_params": config.estimate_decoding_params,
+                }
+                if merge_id_for(selection) in decoded:
+                    continue
+                key = dg.MultiPartitionKey({"session": nwb_file_name, "interval": interval})
+                requests.append(dg.RunRequest(run_key=f"{key}@{context.scheduled_execution_time}", partition_key=key))
+        return requests or dg.SkipReason("Every interval of every processed session is decoded.")
+
+    return _missing

@@ -1,0 +1,109 @@
+"""Per-session assets: the NWB file, its interval lists, waveform features, position,
+and the groups decodes draw on. Partitioned by session (``nwb_file_name``)."""
+
+
+import numpy as np
+
+import dagster as dg
+
+from decoding_assets import pipeline
+from decoding_assets.nwb import read_waveform_features
+
+from .parameters import parameter_sets
+from .partitions import decoding_intervals_partitions, sessions_partitions
+from .resources import CatalogResource
+
+
+def _table(df) -> dg.MetadataValue:
+    return dg.MetadataValue.md(df.to_markdown(index=False) if len(df) else "(none)")
+
+
+@dg.asset(partitions_def=sessions_partitions, group_name="sessions", kinds={"nwb", "duckdb"})
+def nwb_sessions(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
+    """The session's NWB file, registered in the catalog with its content hash."""
+    cat = catalog.get()
+    session = cat.fetch_session(context.partition_key)
+    pipeline.register_session(cat, session["nwb_path"])  # checks the file is unchanged
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(session["nwb_path"]),
+            "content_hash": session["content_hash"],
+            "subject_id": session["subject_id"] or "",
+        }
+    )
+
+
+@dg.asset(partitions_def=sessions_partitions, group_name="sessions", deps=[nwb_sessions], kinds={"duckdb"})
+def interval_lists(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
+    """Epochs, trials and position valid times; the intervals that decoding
+    configurations decode become decoding-interval partitions."""
+    cat = catalog.get()
+    nwb_file_name = context.partition_key
+    table = cat.interval_lists(nwb_file_name)
+    decodable = sorted(
+        {name for config in pipeline.load_config()["decodings"] for name in pipeline.decoding_intervals(cat, nwb_file_name, config)}
+    )
+    context.instance.add_dynamic_partitions(decoding_intervals_partitions.name, decodable)
+    return dg.MaterializeResult(
+        metadata={"intervals": _table(table), "n_intervals": len(table), "decoding_intervals": ", ".join(decodable)}
+    )
+
+
+@dg.asset(partitions_def=sessions_partitions, group_name="sessions", deps=[nwb_sessions], kinds={"nwb"})
+def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
+    """Per electrode group: spike times and amplitude features, checked against the
+    catalog (counts, finite values, time order). Groups with no spikes or one channel
+    are reported, not dropped."""
+    cat = catalog.get()
+    nwb_file_name = context.partition_key
+    recorded = cat.waveform_features(nwb_file_name)
+    features = read_waveform_features(cat.fetch_session(nwb_file_name)["nwb_path"], recorded["electrode_group_name"].tolist())
+    rows = []
+    for row, f in zip(recorded.itertuples(), features):
+        if f.times.size != row.n_spikes or not np.all(np.isfinite(f.features)) or np.any(np.diff(f.times) < 0):
+            raise dg.Failure(
+                f"Session {nwb_file_name}, electrode group {f.electrode_group_name}: waveform features in the NWB "
+                "file differ from the catalog or contain NaN / unsorted spike times. Fix the file and register it anew."
+            )
+        if f.times.size == 0:
+            context.log.warning(f"{nwb_file_name}: electrode group {f.electrode_group_name} has no spikes.")
+        rows.append(
+            {"electrode_group_name": f.electrode_group_name, "n_spikes": f.times.size, "n_channels": f.features.shape[1],
+             "median_peak_uV": float(np.median(f.features.max(axis=1))) if f.times.size else float("nan")}
+        )  # fmt: skip
+    import pandas as pd
+
+    return dg.MaterializeResult(metadata={"electrode_groups": _table(pd.DataFrame(rows)), "n_electrode_groups": len(rows)})
+
+
+@dg.asset(
+    partitions_def=sessions_partitions, group_name="sessions", deps=[interval_lists, parameter_sets], kinds={"netcdf"}
+)
+def position(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
+    """Head position, orientation, velocity and speed per epoch, from the raw LEDs,
+    for every position parameter set of the configuration."""
+    cat = catalog.get()
+    names = sorted(pipeline.load_config().get("position_params") or {})
+    outputs = None
+    for name in names:
+        outputs = pipeline.process_session_position(cat, context.partition_key, name)
+    return dg.MaterializeResult(
+        metadata={"position_outputs": _table(outputs[["interval_list_name", "trodes_pos_params_name", "n_samples", "path"]])}
+    )
+
+
+@dg.asset(partitions_def=sessions_partitions, group_name="groups", deps=[waveform_features], kinds={"duckdb"})
+def waveform_features_groups(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
+    """The waveform features groups of the configuration for this session."""
+    names = pipeline.ensure_features_groups(catalog.get(), context.partition_key, pipeline.load_config())
+    return dg.MaterializeResult(metadata={"waveform_features_group_names": ", ".join(names)})
+
+
+@dg.asset(partitions_def=sessions_partitions, group_name="groups", deps=[position], kinds={"duckdb"})
+def position_groups(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
+    """The position groups of the configuration for this session."""
+    names = pipeline.ensure_position_groups(catalog.get(), context.partition_key, pipeline.load_config())
+    return dg.MaterializeResult(metadata={"position_group_names": ", ".join(names)})
+
+
+session_assets = [nwb_sessions, interval_lists, waveform_features, position, waveform_features_groups, position_groups]

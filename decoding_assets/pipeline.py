@@ -1,0 +1,351 @@
+"""The pipeline's steps as plain functions of a ``Catalog``: what the Dagster assets,
+the CLI and notebooks call. No Dagster here.
+
+register_session -> process_position -> ensure_parameter_sets / ensure_groups ->
+decode (one decoding selection, written to netCDF and registered with its lineage).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time as clock
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from catalog import Catalog, CatalogError, file_checksum
+
+from . import __version__
+from .decoder import ContFragClusterlessClassifier, save_results
+from .nwb import read_raw_position, read_session_info, read_waveform_features
+from .position import load_position, process_position, save_position, upsample_position_group
+
+DEFAULT_CONFIG = Path(__file__).with_name("decoding_configs.yaml")
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """One named decoding configuration: a decoding asset in the graph."""
+
+    name: str
+    waveform_features_group_name: str
+    position_group_name: str
+    decoding_param_name: str
+    encoding_interval: str  # an interval list name, or "{epoch}": the epoch holding the decoding interval
+    decoding_intervals: str  # glob over interval list names
+    estimate_decoding_params: bool = False
+
+
+def load_config(path: str | Path | None = None) -> dict:
+    """The user-edited configuration (``DECODING_ASSETS_CONFIG`` or the packaged file)."""
+    path = Path(path or os.environ.get("DECODING_ASSETS_CONFIG") or DEFAULT_CONFIG)
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    known = {"decoding_params", "position_params", "waveform_features_groups", "position_groups", "decodings"}
+    unknown = set(config) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}.")
+    decodings = []
+    for name, entry in (config.get("decodings") or {}).items():
+        try:
+            decodings.append(DecodingConfig(name=name, **entry))
+        except TypeError as error:
+            raise ValueError(f"{path}: decoding {name!r}: {error}") from None
+    config["decodings"] = decodings
+    return config
+
+
+# ---------------------------------------------------------------------- sessions
+
+
+def register_session(catalog: Catalog, nwb_path: str | Path) -> str:
+    """Read an NWB file's metadata, intervals, electrode groups and waveform features
+    and record them in the catalog (one transaction)."""
+    nwb_path = Path(nwb_path)
+    info = read_session_info(nwb_path)
+    content_hash = file_checksum(nwb_path)
+    features = [
+        {
+            "electrode_group_name": group,
+            "features_param_name": param,
+            "n_spikes": n_spikes,
+            "n_features": n_channels,
+            "source": "nwb",
+            "content_hash": f"{content_hash}:{group}",
+        }
+        for group, param, n_spikes, n_channels in info["waveform_features"]
+    ]
+    return catalog.register_session(
+        nwb_path,
+        content_hash=content_hash,
+        subject_id=info["subject_id"],
+        session_description=info["session_description"],
+        session_start_time=info["session_start_time"],
+        interval_lists=info["intervals"],
+        electrode_groups=info["electrode_groups"],
+        waveform_features=features,
+    )
+
+
+def process_session_position(catalog: Catalog, nwb_file_name: str, trodes_pos_params_name: str) -> pd.DataFrame:
+    """Process the raw LEDs of every epoch with a named parameter set; one netCDF file
+    and one catalog row per epoch. Returns the catalog's position outputs."""
+    session = catalog.fetch_session(nwb_file_name)
+    params = catalog.fetch_position_params(trodes_pos_params_name)
+    raw = read_raw_position(session["nwb_path"])
+    epochs = catalog.interval_lists(nwb_file_name).query("source == 'epoch'")["interval_list_name"]
+    if epochs.empty:
+        raise CatalogError(f"Session {nwb_file_name} has no epochs to process position for.")
+    for epoch in epochs:
+        frame = process_position(raw, catalog.fetch_interval_list(nwb_file_name, epoch), params)
+        path = catalog.position_output_path(nwb_file_name, epoch, trodes_pos_params_name)
+        save_position(frame, path)
+        catalog.register_position_output(nwb_file_name, epoch, trodes_pos_params_name, path, len(frame))
+    return catalog.position_outputs(nwb_file_name)
+
+
+def ensure_parameter_sets(catalog: Catalog, config: dict) -> dict[str, list[str]]:
+    """Store the configuration's named parameter sets (idempotent)."""
+    from .position import check_position_params
+
+    for name, params in (config.get("position_params") or {}).items():
+        catalog.insert_position_params(name, check_position_params(params or {}))
+    for name, params in (config.get("decoding_params") or {}).items():
+        catalog.insert_decoding_params(name, params or {})
+    return {
+        "position_params": sorted(config.get("position_params") or {}),
+        "decoding_params": sorted(config.get("decoding_params") or {}),
+    }
+
+
+def ensure_features_groups(catalog: Catalog, nwb_file_name: str, config: dict) -> list[str]:
+    names = []
+    for name, entry in (config.get("waveform_features_groups") or {}).items():
+        entry = entry or {}
+        catalog.create_features_group(
+            nwb_file_name,
+            name,
+            electrode_group_names=entry.get("electrode_group_names"),
+            features_param_name=entry.get("features_param_name", "amplitude"),
+        )
+        names.append(name)
+    return names
+
+
+def ensure_position_groups(catalog: Catalog, nwb_file_name: str, config: dict) -> list[str]:
+    intervals = catalog.interval_lists(nwb_file_name)
+    epochs = intervals.query("source == 'epoch'")["interval_list_name"].tolist()
+    names = []
+    for name, entry in (config.get("position_groups") or {}).items():
+        entry = dict(entry or {})
+        pattern = entry.pop("interval_pattern", "*")
+        members = [e for e in epochs if fnmatch.fnmatchcase(e, pattern)]
+        if not members:
+            raise CatalogError(f"Position group {name!r}: no epoch of {nwb_file_name} matches {pattern!r}.")
+        catalog.create_position_group(nwb_file_name, name, members, **entry)
+        names.append(name)
+    return names
+
+
+def decoding_intervals(catalog: Catalog, nwb_file_name: str, config: DecodingConfig) -> list[str]:
+    """The interval lists of a session that a decoding configuration decodes."""
+    names = catalog.interval_lists(nwb_file_name)["interval_list_name"]
+    return [n for n in names if fnmatch.fnmatchcase(n, config.decoding_intervals)]
+
+
+def encoding_interval_for(catalog: Catalog, nwb_file_name: str, config: DecodingConfig, decoding_interval: str) -> str:
+    if config.encoding_interval != "{epoch}":
+        return config.encoding_interval
+    target = catalog.fetch_interval_list(nwb_file_name, decoding_interval)
+    lists = catalog.interval_lists(nwb_file_name).query("source == 'epoch'")
+    for epoch in lists["interval_list_name"]:
+        times = catalog.fetch_interval_list(nwb_file_name, epoch)
+        if all(((times[:, 0] <= a) & (b <= times[:, 1])).any() for a, b in target):
+            return epoch
+    raise CatalogError(f"No epoch of {nwb_file_name} contains interval {decoding_interval!r}; name an encoding interval.")
+
+
+def select(catalog: Catalog, nwb_file_name: str, decoding_interval: str, config: DecodingConfig) -> str:
+    """Insert the decoding selection of a configuration for one interval; its merge_id."""
+    if decoding_interval not in decoding_intervals(catalog, nwb_file_name, config):
+        raise CatalogError(
+            f"Decoding {config.name!r} does not decode interval {decoding_interval!r} of {nwb_file_name} "
+            f"(it decodes intervals matching {config.decoding_intervals!r} that the session has)."
+        )
+    return catalog.insert_selection(
+        nwb_file_name=nwb_file_name,
+        waveform_features_group_name=config.waveform_features_group_name,
+        position_group_name=config.position_group_name,
+        decoding_param_name=config.decoding_param_name,
+        encoding_interval=encoding_interval_for(catalog, nwb_file_name, config, decoding_interval),
+        decoding_interval=decoding_interval,
+        estimate_decoding_params=config.estimate_decoding_params,
+    )
+
+
+# ---------------------------------------------------------------------- decoding
+
+
+@dataclass
+class DecodingInputs:
+    """Everything a decode reads, for one selection."""
+
+    selection: dict
+    position: pd.DataFrame  # the position group, upsampled; index time
+    position_variables: list[str]
+    spike_times: list[np.ndarray]
+    spike_waveform_features: list[np.ndarray]
+    electrode_group_names: list[str]
+    encoding_times: np.ndarray  # (n, 2)
+    decoding_times: np.ndarray  # (n, 2)
+    versions: dict[str, dict[str, str]]
+
+
+def load_decoding_inputs(catalog: Catalog, merge_id: str) -> DecodingInputs:
+    selection = catalog.fetch_selection(merge_id)
+    nwb_file_name = selection["nwb_file_name"]
+    session = catalog.fetch_session(nwb_file_name)
+    group = catalog.fetch_features_group(nwb_file_name, selection["waveform_features_group_name"])
+    features = read_waveform_features(session["nwb_path"], group["electrode_group_name"].tolist())
+    position_group = catalog.fetch_position_group(nwb_file_name, selection["position_group_name"])
+    members = position_group["members"]
+    position = upsample_position_group([load_position(p) for p in members["path"]], position_group["upsample_rate"])
+    versions = {
+        "session": {nwb_file_name: session["content_hash"]},
+        "waveform_features": dict(zip(group["electrode_group_name"], group["content_hash"])),
+        "position": {f"{r.interval_list_name}/{r.trodes_pos_params_name}": r.checksum for r in members.itertuples()},
+        "decoding_params": {selection["decoding_param_name"]: _params_version(catalog, selection["decoding_param_name"])},
+        "code": {"decoding_assets": __version__},
+    }
+    return DecodingInputs(
+        selection=selection,
+        position=position,
+        position_variables=position_group["position_variables"],
+        spike_times=[f.times for f in features],
+        spike_waveform_features=[f.features for f in features],
+        electrode_group_names=[f.electrode_group_name for f in features],
+        encoding_times=catalog.fetch_interval_list(nwb_file_name, selection["encoding_interval"]),
+        decoding_times=catalog.fetch_interval_list(nwb_file_name, selection["decoding_interval"]),
+        versions=versions,
+    )
+
+
+def _params_version(catalog: Catalog, name: str) -> str:
+    import hashlib
+    import json
+
+    return hashlib.blake2b(json.dumps(catalog.fetch_decoding_params(name), sort_keys=True).encode(), digest_size=10).hexdigest()
+
+
+def _within(times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
+    inside = np.zeros(times.shape, dtype=bool)
+    for start, stop in intervals:
+        inside |= (times >= start) & (times <= stop)
+    return inside
+
+
+def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False) -> dict:
+    """Run one decoding selection: fit on the encoding interval, decode each piece of
+    the decoding interval, write the results (netCDF) and the fitted model, register
+    both with their lineage. Returns what was recorded plus run metadata."""
+    started = clock.perf_counter()
+    inputs = load_decoding_inputs(catalog, merge_id)
+    selection = inputs.selection
+    where = f"session {selection['nwb_file_name']}"
+    model = catalog.fetch_decoding_model(selection["decoding_param_name"], device=device)
+    model.clusterless_algorithm_params["disable_progress_bar"] = not progress
+    position_time = inputs.position.index.to_numpy()
+    position = inputs.position[inputs.position_variables].to_numpy()
+    tracked = ~np.isnan(position).any(axis=1)
+    is_training = _within(position_time, inputs.encoding_times) & tracked
+    if not is_training.any():
+        raise CatalogError(
+            f"{where}: encoding interval {selection['encoding_interval']!r} has no tracked position samples in "
+            f"position group {selection['position_group_name']!r}."
+        )
+    fs = model.sampling_frequency
+    pieces = [np.arange(start, stop, 1.0 / fs) for start, stop in inputs.decoding_times]
+    if not any(_within(position_time, np.array([[p[0], p[-1]]])).any() for p in pieces if p.size):
+        raise CatalogError(
+            f"{where}: decoding interval {selection['decoding_interval']!r} has no position samples in position "
+            f"group {selection['position_group_name']!r}; choose a position group that covers it."
+        )
+
+    import xarray as xr
+
+    if selection["estimate_decoding_params"]:
+        # EM over the span of the interval, times outside its pieces treated as missing
+        span = np.arange(inputs.decoding_times[0, 0], inputs.decoding_times[-1, 1], 1.0 / fs)
+        results = model.estimate_parameters(
+            position_time, position, inputs.spike_times, inputs.spike_waveform_features, time=span,
+            is_training=is_training, is_missing=~_within(span, inputs.decoding_times),
+        )  # fmt: skip
+        label = np.full(span.size, -1)
+        for k, piece in enumerate(inputs.decoding_times):
+            label[_within(span, piece[np.newaxis])] = k
+        results = results.assign_coords(interval_labels=("time", label)).isel(time=label >= 0)
+    else:
+        model.fit(position_time, position, inputs.spike_times, inputs.spike_waveform_features, is_training=is_training)
+        parts = []
+        for k, piece in enumerate(pieces):
+            if piece.size == 0:
+                continue  # the label keeps the original piece index, so nothing is renumbered
+            part = model.predict(inputs.spike_times, inputs.spike_waveform_features, piece)
+            parts.append(part.assign_coords(interval_labels=("time", np.full(piece.size, k))))
+        results = parts[0] if len(parts) == 1 else xr.concat(parts, dim="time", data_vars="all")
+    results.attrs.update(
+        nwb_file_name=selection["nwb_file_name"],
+        decoding_interval=selection["decoding_interval"],
+        encoding_interval=selection["encoding_interval"],
+        merge_id=merge_id,
+        decoding_param_name=selection["decoding_param_name"],
+        code_version=__version__,
+        device=model.device_,
+    )
+    error = median_decoding_error(results, inputs.position, inputs.position_variables, model)
+    path, model_path = catalog.output_paths(merge_id)
+    save_results(results, path)
+    model.save_model(model_path)
+    run_seconds = clock.perf_counter() - started
+    record = catalog.register_output(
+        merge_id,
+        path=path,
+        model_path=model_path,
+        code_version=__version__,
+        input_versions=inputs.versions,
+        n_time_bins=results.sizes["time"],
+        run_seconds=run_seconds,
+        device=model.device_,
+        median_decoding_error_cm=error,
+    )
+    return {
+        **record,
+        "results": results,
+        "model": model,
+        "position": inputs.position,
+        "position_variables": inputs.position_variables,
+    }
+
+
+def median_decoding_error(results, position: pd.DataFrame, position_variables: list[str], model) -> float | None:
+    """Median distance (cm) between the most probable decoded position and the tracked
+    one, over bins with tracking (on a track: along the linearized track)."""
+    env = model.environments
+    posterior = np.nan_to_num(np.asarray(results["acausal_posterior"].values)).reshape(results.sizes["time"], 2, -1)
+    decoded = env.place_bin_centers_[posterior.sum(axis=1).argmax(axis=1)]
+    time = results["time"].values
+    tracked = np.column_stack(
+        [np.interp(time, position.index.to_numpy(), position[v].to_numpy(), left=np.nan, right=np.nan) for v in position_variables]
+    )
+    actual = env.to_decoding_position(tracked)
+    ok = ~np.isnan(actual).any(axis=1)
+    if not ok.any():
+        return None
+    return float(np.median(np.linalg.norm(decoded[ok] - actual[ok], axis=1)))
