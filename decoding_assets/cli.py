@@ -47,7 +47,9 @@ def _default_home() -> Path:
     return Path(os.environ.get("DECODING_ASSETS_HOME", ".decoding_assets"))
 
 
-def run_demo(home: Path, n_tetrodes: int = 8, epoch_durations=(120.0, 30.0, 90.0), quiet: bool = False) -> list[dict]:
+def run_demo(
+    home: Path, n_tetrodes: int = 8, epoch_durations=(120.0, 30.0, 90.0), trial_duration: float = 30.0, quiet: bool = False
+) -> list[dict]:
     """Make the demo session, register it and materialize the whole graph for it."""
     _setup_home(home)
     import dagster as dg
@@ -66,7 +68,7 @@ def run_demo(home: Path, n_tetrodes: int = 8, epoch_durations=(120.0, 30.0, 90.0
     path = watch_folder() / "demo.nwb"
     if not path.exists():
         say(f"Writing the demo session to {path} ...")
-        write_demo_session(path, n_tetrodes=n_tetrodes, epoch_durations=epoch_durations)
+        write_demo_session(path, n_tetrodes=n_tetrodes, epoch_durations=epoch_durations, trial_duration=trial_duration)
     nwb_file_name, _ = register_file(catalog, instance, path)
     say(f"Registered {nwb_file_name} in {catalog.catalog_path}")
 

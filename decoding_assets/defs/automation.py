@@ -103,7 +103,7 @@ def build_missing_decodes_schedule(config: pipeline.DecodingConfig, job) -> dg.S
                 if merge_id_for(selection) in decoded:
                     continue
                 key = dg.MultiPartitionKey({"session": nwb_file_name, "interval": interval})
-                requests.append(dg.RunRequest(run_key=f"{key}@{context.scheduled_execution_time}", partition_key=key))
+                requests.append(dg.RunRequest(partition_key=key))
         return requests or dg.SkipReason("Every interval of every processed session is decoded.")
 
     return _missing

@@ -1,0 +1,126 @@
+"""The whole Dagster graph, materialized for a small demo session with a real instance."""
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from catalog import Catalog
+from decoding_assets.definitions import build_definitions, defs
+from decoding_assets.defs.automation import new_nwb_files
+from decoding_assets.defs.decoding import GPU_POOL
+from decoding_assets.defs.resources import CatalogResource
+from decoding_assets.nwb import write_demo_session
+from decoding_assets.pipeline import load_config
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    repository = defs.get_repository_def()
+    keys = {k.to_user_string() for k in repository.asset_graph.get_all_asset_keys()}
+    assert keys == {
+        "parameter_sets", "nwb_sessions", "interval_lists", "waveform_features", "position",
+        "waveform_features_groups", "position_groups", "decoding/contfrag_trials",
+    }  # fmt: skip
+    assert {s.name for s in repository.sensor_defs} == {"new_nwb_files"}
+    assert {s.name for s in repository.schedule_defs} == {"decode_contfrag_trials_missing"}
+
+
+def test_decoding_step_is_a_gpu_step():
+    op = defs.get_assets_def(dg.AssetKey(["decoding", "contfrag_trials"])).op
+    assert op.pool == GPU_POOL == "gpu"
+    assert '"nvidia.com/gpu": "1"' in op.tags["dagster-k8s/config"]
+    assert {c.name for c in defs.get_assets_def(dg.AssetKey(["decoding", "contfrag_trials"])).check_specs} == {
+        "posterior_sums_to_one",
+        "no_nan_inside_track",
+    }
+
+
+def test_whole_graph_for_the_demo_session(demo_home):
+    home, outputs = demo_home
+    catalog = Catalog(home / "catalog.duckdb")
+    # 3 trials in the first run epoch and 2 in the second
+    assert sorted(o["decoding_interval"] for o in outputs) == [
+        "epoch0_block1_trial1", "epoch0_block1_trial2", "epoch0_block1_trial3",
+        "epoch2_block1_trial1", "epoch2_block1_trial2",
+    ]  # fmt: skip
+    for output in outputs:
+        results = catalog.fetch_results(output["merge_id"])
+        assert results.attrs["decoding_interval"] == output["decoding_interval"]
+        assert results.sizes["time"] == 10_000  # 20 s at 500 Hz
+        # the decode follows the tracked animal: check against the position it used
+        position = catalog.fetch_position_info(output["merge_id"])
+        posterior = results["acausal_posterior"].unstack("state_bins").sum("state")
+        flat = posterior.stack(bin=["x_position", "y_position"]).fillna(-1)
+        best = flat.argmax("bin").values
+        decoded = np.column_stack([flat["bin"]["x_position"].values[best], flat["bin"]["y_position"].values[best]])
+        t = results["time"].values
+        tracked = np.column_stack([np.interp(t, position.index, position[c]) for c in ("position_x", "position_y")])
+        ok = ~np.isnan(tracked).any(axis=1)
+        error = np.median(np.linalg.norm(decoded[ok] - tracked[ok], axis=1))
+        assert error == pytest.approx(output["median_decoding_error_cm"], rel=1e-6)
+        assert error < 15.0  # 4 tetrodes, 20-60 s of encoding: measured 6-10 cm
+        results.close()
+    # the instance recorded every partition's materialization and passing checks
+    import os
+
+    instance = dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"])
+    key = dg.AssetKey(["decoding", "contfrag_trials"])
+    materialized = instance.get_materialized_partitions(key)
+    assert len(materialized) == 5
+    record = instance.fetch_materializations(key, limit=1).records[0]
+    metadata = record.asset_materialization.metadata
+    assert {"path", "size_bytes", "time_bins", "run_seconds", "device", "median_decoding_error_cm", "decode"} <= set(metadata)
+    assert metadata["decode"].value.startswith("![decode](data:image/png;base64,")
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(key, "no_nan_inside_track")]
+    )
+    assert check[dg.AssetCheckKey(key, "no_nan_inside_track")].status.value == "SUCCEEDED"
+    # lineage: from the NWB file to every decode that used it
+    lineage = catalog.lineage(outputs[0]["merge_id"])
+    assert set(lineage["input_kind"]) == {"session", "waveform_features", "position", "decoding_params", "code"}
+
+
+def test_missing_decodes_schedule(demo_home):
+    home, outputs = demo_home
+    resource = CatalogResource(catalog_path=str(home / "catalog.duckdb"), output_dir=str(home / "outputs"))
+    schedule = defs.get_schedule_def("decode_contfrag_trials_missing")
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance, resources={"catalog": resource})
+        assert isinstance(schedule(context), dg.SkipReason)  # all decoded
+        Catalog(home / "catalog.duckdb").delete_output(outputs[0]["merge_id"])
+        requests = schedule(context)
+    assert len(requests) == 1
+    assert requests[0].partition_key.keys_by_dimension == {"session": "demo.nwb", "interval": outputs[0]["decoding_interval"]}
+
+
+def test_sensor_registers_a_new_file(tmp_path, monkeypatch):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    monkeypatch.setenv("DECODING_ASSETS_WATCH_DIR", str(incoming))
+    write_demo_session(incoming / "new_session.nwb", n_tetrodes=2, epoch_durations=(20.0, 5.0, 20.0), trial_duration=10.0)
+    (incoming / "broken.nwb").write_bytes(b"not an hdf5 file")
+    resource = CatalogResource(catalog_path=str(tmp_path / "catalog.duckdb"))
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"catalog": resource})
+        result = new_nwb_files(context)
+        assert [r.partition_key for r in result] == ["new_session.nwb"]
+        assert instance.get_dynamic_partitions("sessions") == ["new_session.nwb"]
+        assert "epoch0_block1_trial1" in instance.get_dynamic_partitions("decoding_intervals")
+        # the broken file is reported, not registered; a second tick has nothing new
+        again = new_nwb_files(dg.build_sensor_context(instance=instance, resources={"catalog": resource}))
+        assert "broken.nwb" in again.skip_message and "Cannot read NWB file" in again.skip_message
+    assert list(Catalog(tmp_path / "catalog.duckdb").sessions()["nwb_file_name"]) == ["new_session.nwb"]
+
+
+def test_an_interval_outside_the_decoding_is_a_clear_failure(demo_home):
+    home, _ = demo_home
+    config = load_config()
+    local = build_definitions(config)
+    import os
+
+    instance = dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"])
+    instance.add_dynamic_partitions("decoding_intervals", ["01_s1"])
+    with pytest.raises(Exception, match="does not decode interval '01_s1'"):
+        local.get_job_def("decode_contfrag_trials").execute_in_process(
+            instance=instance, partition_key=dg.MultiPartitionKey({"session": "demo.nwb", "interval": "01_s1"})
+        )
