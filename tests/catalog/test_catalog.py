@@ -1,0 +1,215 @@
+"""The catalog API on a real DuckDB file and real NWB files."""
+
+import multiprocessing as mp
+import shutil
+
+import numpy as np
+import pytest
+
+from catalog import Catalog, CatalogError, check_name
+from decoding_assets import pipeline
+from decoding_assets.nwb import NWBReadError
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    return Catalog(tmp_path / "catalog.duckdb")
+
+
+@pytest.fixture(scope="module")
+def decoded(small_nwb, tmp_path_factory):
+    """A catalog with the small session processed and one trial decoded."""
+    folder = tmp_path_factory.mktemp("decoded")
+    nwb = shutil.copy(small_nwb, folder / "small.nwb")
+    cat = Catalog(folder / "catalog.duckdb")
+    config = pipeline.load_config()
+    name = pipeline.register_session(cat, nwb)
+    pipeline.ensure_parameter_sets(cat, config)
+    pipeline.process_session_position(cat, name, "default_decoding")
+    pipeline.ensure_features_groups(cat, name, config)
+    pipeline.ensure_position_groups(cat, name, config)
+    merge_id = pipeline.select(cat, name, "epoch2_block1_trial1", config["decodings"][0])
+    pipeline.decode(cat, merge_id)
+    return cat, name, merge_id
+
+
+def test_register_session_records_everything(catalog, small_nwb):
+    name = pipeline.register_session(catalog, small_nwb)
+    assert name == "small.nwb"
+    assert pipeline.register_session(catalog, small_nwb) == name  # idempotent
+    intervals = catalog.interval_lists(name)
+    assert {"00_r1", "01_s1", "02_r2", "epoch0_block1_trial1", "pos 0 valid times"} <= set(intervals["interval_list_name"])
+    np.testing.assert_allclose(catalog.fetch_interval_list(name, "01_s1"), [[60.0, 70.0]])
+    features = catalog.waveform_features(name)
+    assert list(features["electrode_group_name"]) == [f"tetrode_{i:02d}" for i in range(4)]
+    assert (features["n_features"] == 4).all() and (features["n_spikes"] > 100).all()
+
+
+def test_groups(catalog, small_nwb):
+    name = pipeline.register_session(catalog, small_nwb)
+    catalog.create_features_group(name, "two", ["tetrode_00", "tetrode_02"])
+    catalog.create_features_group(name, "two", ["tetrode_02", "tetrode_00"])  # same members: fine
+    assert list(catalog.fetch_features_group(name, "two")["electrode_group_name"]) == ["tetrode_00", "tetrode_02"]
+    with pytest.raises(CatalogError, match="already exists with other members"):
+        catalog.create_features_group(name, "two", ["tetrode_01"])
+    with pytest.raises(CatalogError, match="no 'amplitude' waveform features for electrode group.*tetrode_99"):
+        catalog.create_features_group(name, "bad", ["tetrode_99"])
+    catalog.insert_position_params("default_decoding", {})
+    pipeline.process_session_position(catalog, name, "default_decoding")
+    catalog.create_position_group(name, "both_runs", ["00_r1", "02_r2"], upsample_rate=500.0)
+    group = catalog.fetch_position_group(name, "both_runs")
+    assert group["upsample_rate"] == 500.0 and group["position_variables"] == ["position_x", "position_y"]
+    assert list(group["members"]["interval_list_name"]) == ["00_r1", "02_r2"]
+    with pytest.raises(CatalogError, match="Unknown position group 'nope'"):
+        catalog.fetch_position_group(name, "nope")
+
+
+def test_decoding_parameters_round_trip(catalog):
+    stored = catalog.insert_decoding_params("wide", {"block_size": 10000, "position_std": 12.0, "waveform_std": 24.0})
+    assert catalog.fetch_decoding_params("wide") == stored
+    model = catalog.fetch_decoding_model("wide")
+    assert model.clusterless_algorithm_params["position_std"] == 12.0
+    assert model.to_dict() == stored
+    catalog.insert_decoding_params("wide", stored)  # the same parameters again: fine
+    with pytest.raises(CatalogError, match="already exists with other parameters"):
+        catalog.insert_decoding_params("wide", {"position_std": 8.0})
+    with pytest.raises(ValueError, match="Unknown decoding parameter"):
+        catalog.insert_decoding_params("typo", {"postion_std": 8.0})
+    with pytest.raises(CatalogError, match="Unknown decoding_param_name 'nope'; known: \\['wide'\\]"):
+        catalog.fetch_decoding_params("nope")
+
+
+def test_selection_needs_every_name(decoded):
+    cat, name, _ = decoded
+    good = dict(
+        nwb_file_name=name, waveform_features_group_name="all_tetrodes", position_group_name="run_epochs",
+        decoding_param_name="contfrag_clusterless", encoding_interval="00_r1", decoding_interval="epoch0_block1_trial1",
+    )  # fmt: skip
+    merge_id = cat.insert_selection(**good)
+    assert cat.insert_selection(**good) == merge_id  # stable
+    for field, value, message in [
+        ("waveform_features_group_name", "nope", "Unknown waveform features group 'nope'"),
+        ("position_group_name", "nope", "Unknown position group 'nope'"),
+        ("decoding_param_name", "nope", "Unknown decoding_param_name 'nope'"),
+        ("decoding_interval", "nope", "has no interval list 'nope'"),
+        ("nwb_file_name", "nope.nwb", "Unknown session 'nope.nwb'"),
+    ]:
+        with pytest.raises(CatalogError, match=message):
+            cat.insert_selection(**{**good, field: value})
+
+
+def test_fetch_helpers(decoded):
+    cat, name, merge_id = decoded
+    results = cat.fetch_results(merge_id)
+    assert list(results.indexes["state_bins"].names) == ["state", "x_position", "y_position"]
+    assert set(np.unique(results["interval_labels"].values)) == {0}
+    assert results.attrs["decoding_interval"] == "epoch2_block1_trial1"
+    position = cat.fetch_position_info(merge_id)
+    assert {"position_x", "position_y", "orientation", "speed"} <= set(position.columns)
+    assert np.allclose(np.diff(position.index[:100]), 0.002)  # upsampled to 500 Hz
+    times, features = cat.fetch_spike_data(merge_id)
+    assert len(times) == 4 and features[0].shape[1] == 4
+    env = cat.fetch_environments(merge_id)
+    assert env.place_bin_centers_.shape[0] * 2 == results.sizes["state_bins"]
+    model = cat.fetch_model(merge_id)
+    again = model.predict(times, features, results["time"].values[:500])
+    np.testing.assert_allclose(
+        again["causal_posterior"].values, results["causal_posterior"].values[:500], atol=1e-5
+    )
+    results.close()
+
+
+def test_cleanup_spares_referenced_and_foreign_files(decoded, tmp_path):
+    cat, name, merge_id = decoded
+    output = cat.fetch_output(merge_id)
+    folder = cat.output_dir / "decoding" / name
+    foreign = folder / "someone_elses_result.nc"
+    foreign.write_bytes(b"not ours")
+    assert cat.cleanup(dry_run=True, min_age_s=0) == []  # everything is referenced
+    cat.delete_output(merge_id)
+    orphans = cat.cleanup(dry_run=True, min_age_s=0)
+    assert sorted(p.name for p in orphans) == sorted([f"{merge_id}.nc", f"{merge_id}.model.nc"])
+    assert cat.cleanup(dry_run=True, min_age_s=3600) == []  # too young to be sure
+    removed = cat.cleanup(dry_run=False, min_age_s=0)
+    assert sorted(removed) == sorted(orphans)
+    assert not any(p.exists() for p in removed)
+    assert foreign.exists()
+    assert cat.position_outputs(name)["path"].map(lambda p: __import__("pathlib").Path(p).exists()).all()
+    # decode again: same merge_id, same path
+    pipeline.decode(cat, merge_id)
+    assert cat.fetch_output(merge_id)["path"] == output["path"]
+
+
+def _write_many(path: str, worker: int, n: int) -> None:
+    cat = Catalog(path)
+    for i in range(n):
+        cat.insert_position_params(f"worker{worker}_{i}", {"max_plausible_speed": 100.0 + i})
+
+
+def test_four_processes_writing_at_once_lose_nothing(tmp_path):
+    path = str(tmp_path / "catalog.duckdb")
+    Catalog(path)
+    context = mp.get_context("spawn")
+    workers = [context.Process(target=_write_many, args=(path, w, 30)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    names = Catalog(path).query("SELECT trodes_pos_params_name FROM position_params")["trodes_pos_params_name"]
+    assert sorted(names) == sorted(f"worker{w}_{i}" for w in range(4) for i in range(30))
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("name", ["a/b", "a\\b", "it's", 'say "x"', " padded", "a|b", "..", ""])
+    def test_names_with_path_separators_or_quotes(self, catalog, name):
+        with pytest.raises(CatalogError, match="not allowed|non-empty"):
+            check_name("decoding_param_name", name)
+        with pytest.raises(CatalogError):
+            catalog.insert_decoding_params(name, {})
+        assert catalog.decoding_params().empty
+
+    def test_corrupt_nwb_leaves_no_rows(self, catalog, tmp_path):
+        corrupt = tmp_path / "corrupt.nwb"
+        corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+        with pytest.raises(NWBReadError, match="Cannot read NWB file corrupt.nwb"):
+            pipeline.register_session(catalog, corrupt)
+        assert catalog.sessions().empty
+
+    def test_nwb_without_position(self, catalog, tmp_path):
+        import datetime as dt
+
+        from pynwb import NWBHDF5IO, NWBFile
+
+        path = tmp_path / "no_position.nwb"
+        nwb = NWBFile("no position", "id", dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+        nwb.add_epoch(0.0, 10.0, tags=["00_r1"])
+        with NWBHDF5IO(str(path), "w") as io:
+            io.write(nwb)
+        name = pipeline.register_session(catalog, path)
+        catalog.insert_position_params("default_decoding", {})
+        with pytest.raises(NWBReadError, match="no_position.nwb has no raw position"):
+            pipeline.process_session_position(catalog, name, "default_decoding")
+        assert catalog.position_outputs(name).empty
+        assert not (catalog.output_dir / "position").exists() or not any((catalog.output_dir / "position").rglob("*.nc"))
+
+    def test_interval_without_position_samples(self, decoded):
+        cat, name, _ = decoded
+        before = len(cat.outputs())
+        merge_id = cat.insert_selection(
+            nwb_file_name=name, waveform_features_group_name="all_tetrodes", position_group_name="run_epochs",
+            decoding_param_name="contfrag_clusterless", encoding_interval="00_r1", decoding_interval="01_s1",
+        )  # fmt: skip
+        with pytest.raises(CatalogError, match="decoding interval '01_s1' has no position samples in position group 'run_epochs'"):
+            pipeline.decode(cat, merge_id)
+        assert len(cat.outputs()) == before
+        assert not (cat.output_dir / "decoding" / name / f"{merge_id}.nc").exists()
+
+    def test_changed_file_under_a_registered_name(self, catalog, small_nwb, tmp_path):
+        copy = tmp_path / "small.nwb"
+        shutil.copy(small_nwb, copy)
+        pipeline.register_session(catalog, copy)
+        with open(copy, "ab") as f:
+            f.write(b"\0")
+        with pytest.raises(CatalogError, match="already registered .* with different content"):
+            catalog.register_session(copy)

@@ -1,0 +1,47 @@
+"""The demo NWB session: written with pynwb, valid, and read back as laid out."""
+
+import numpy as np
+import pytest
+
+from decoding_assets.nwb import NWBReadError, read_raw_position, read_session_info, read_waveform_features
+
+
+def test_demo_session_passes_nwbinspector(small_nwb):
+    from nwbinspector import Importance, inspect_nwbfile
+
+    messages = list(inspect_nwbfile(nwbfile_path=str(small_nwb)))
+    critical = [m for m in messages if m.importance in (Importance.CRITICAL, Importance.PYNWB_VALIDATION, Importance.ERROR)]
+    assert critical == []
+
+
+def test_layout_is_read_back(small_nwb):
+    info = read_session_info(small_nwb)
+    assert info["subject_id"] == "demo_rat"
+    intervals = info["intervals"]
+    assert {k: v[1] for k, v in intervals.items() if v[1] != "position"} == {
+        "00_r1": "epoch", "01_s1": "epoch", "02_r2": "epoch",
+        "epoch0_block1_trial1": "trial", "epoch0_block1_trial2": "trial", "epoch0_block1_trial3": "trial",
+        "epoch2_block1_trial1": "trial", "epoch2_block1_trial2": "trial",
+    }  # fmt: skip
+    np.testing.assert_allclose(intervals["02_r2"][0], [[70.0, 110.0]])
+    valid = intervals["pos 0 valid times"][0]
+    assert valid.shape[1] == 2 and valid.shape[0] >= 2  # tracking gaps split it
+    assert [g[:2] for g in info["electrode_groups"]] == [(f"tetrode_{i:02d}", 4) for i in range(4)]
+    raw = read_raw_position(small_nwb)
+    assert 25 < 1 / np.median(np.diff(raw.time)) < 35  # a camera's rate
+    tracked = ~np.isnan(raw.front[:, 0])
+    assert 0.9 < tracked.mean() < 1.0
+    assert np.nanmax(raw.front) < 200  # cm
+    features = read_waveform_features(small_nwb, ["tetrode_01"])[0]
+    assert features.features_param_name == "amplitude"
+    assert features.features.shape == (features.times.size, 4)
+    assert 40 < np.median(features.features.max(axis=1)) < 400  # µV
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(NWBReadError, match="No NWB file at"):
+        read_session_info(tmp_path / "absent.nwb")
+    broken = tmp_path / "broken.nwb"
+    broken.write_text("hello")
+    with pytest.raises(NWBReadError, match="Cannot read NWB file broken.nwb"):
+        read_session_info(broken)
