@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import tempfile
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -754,9 +755,19 @@ def _from_output(flat: jnp.ndarray, grid: tuple) -> jnp.ndarray:
 
 
 def resolve_device(device) -> jax.Device:
-    """None -> JAX's default; "cpu", "gpu"/"cuda", "gpu:1", an index, or a Device."""
+    """None -> JAX's default; "cpu", "gpu"/"cuda", "gpu:1", an index, or a Device.
+
+    With None on a machine that has an NVIDIA GPU that JAX cannot use (a CPU-only
+    jaxlib), warn instead of running silently on the CPU."""
     if device is None:
-        return jax.devices()[0]
+        default = jax.devices()[0]
+        if default.platform == "cpu" and Path("/dev/nvidia0").exists() and os.environ.get("JAX_PLATFORMS") != "cpu":
+            warnings.warn(
+                "An NVIDIA GPU is present but JAX only sees the CPU: install JAX with CUDA "
+                "(pip install 'jax[cuda12]') to decode on it, or set JAX_PLATFORMS=cpu to silence this.",
+                stacklevel=3,
+            )
+        return default
     if isinstance(device, jax.Device):
         return device
     if isinstance(device, (int, np.integer)):
