@@ -135,6 +135,13 @@ class Catalog:
         with self.connect() as con:
             return con.execute(sql, list(params)).df()
 
+    def _one(self, sql: str, params: Sequence[Any], missing: str) -> dict:
+        """The single row a query finds, as a dict; CatalogError(missing) if none."""
+        df = self.query(sql, params)
+        if df.empty:
+            raise CatalogError(missing)
+        return df.iloc[0].to_dict()
+
     def _scalar(self, sql: str, params: Sequence[Any] = ()):
         with self.connect() as con:
             row = con.execute(sql, list(params)).fetchone()
@@ -222,10 +229,11 @@ class Catalog:
         return self.query("SELECT * FROM sessions ORDER BY nwb_file_name")
 
     def fetch_session(self, nwb_file_name: str) -> dict:
-        df = self.query("SELECT * FROM sessions WHERE nwb_file_name = ?", [nwb_file_name])
-        if df.empty:
-            raise CatalogError(f"Unknown session {nwb_file_name!r}: register its NWB file first.")
-        return df.iloc[0].to_dict()
+        return self._one(
+            "SELECT * FROM sessions WHERE nwb_file_name = ?",
+            [nwb_file_name],
+            f"Unknown session {nwb_file_name!r}: register its NWB file first.",
+        )
 
     # ------------------------------------------------------------------ intervals
 
@@ -514,10 +522,7 @@ class Catalog:
         return merge_id
 
     def fetch_selection(self, merge_id: str) -> dict:
-        df = self.query("SELECT * FROM decoding_selections WHERE merge_id = ?", [merge_id])
-        if df.empty:
-            raise CatalogError(f"Unknown merge_id {merge_id!r}.")
-        row = df.iloc[0].to_dict()
+        row = self._one("SELECT * FROM decoding_selections WHERE merge_id = ?", [merge_id], f"Unknown merge_id {merge_id!r}.")
         row["estimate_decoding_params"] = bool(row["estimate_decoding_params"])
         return row
 
@@ -598,10 +603,11 @@ class Catalog:
         return self.query(sql + " WHERE s.nwb_file_name = ? ORDER BY o.created_at", [nwb_file_name])
 
     def fetch_output(self, merge_id: str) -> dict:
-        df = self.query("SELECT * FROM decoding_outputs WHERE merge_id = ?", [merge_id])
-        if df.empty:
-            raise CatalogError(f"No decoding output for merge_id {merge_id!r}: materialize it first.")
-        return df.iloc[0].to_dict()
+        return self._one(
+            "SELECT * FROM decoding_outputs WHERE merge_id = ?",
+            [merge_id],
+            f"No decoding output for merge_id {merge_id!r}: materialize it first.",
+        )
 
     def lineage(self, merge_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM lineage WHERE merge_id = ? ORDER BY input_kind, input_key", [merge_id])

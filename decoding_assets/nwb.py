@@ -17,12 +17,12 @@ The layout read (README, "NWB layout"):
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 LED_NAMES = ("led_front", "led_back")
 
@@ -314,13 +314,7 @@ def write_demo_session(
             )
         )
 
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.nwb", dir=path.parent)
-    os.close(handle)
-    try:
-        with NWBHDF5IO(tmp, mode="w") as io:
+    with atomic_write(path, suffix=".tmp.nwb") as tmp:
+        with NWBHDF5IO(str(tmp), mode="w") as io:
             io.write(nwb)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

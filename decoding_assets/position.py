@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 
+from .files import atomic_write
 from .nwb import RawPosition
 
 DEFAULT_POSITION_PARAMS = {
@@ -180,19 +181,8 @@ def upsample_position_group(frames: list[pd.DataFrame], upsample_rate: float, ma
 
 def save_position(df: pd.DataFrame, path) -> None:
     """Write processed position to netCDF atomically."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_write(path) as tmp:
         df.to_xarray().to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_position(path) -> pd.DataFrame:

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import json
 import os
-import tempfile
 import warnings
 from functools import partial
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
+from ..files import atomic_write
 from . import inference
 from . import likelihood as lik
 from .environment import Environment
@@ -277,6 +277,38 @@ class ContFragClusterlessClassifier:
         spike_times, marks = self._check_decoding_spikes(spike_times, spike_waveform_features)
         decoded = self._decode(time, spike_times, marks, is_missing, ll_cache=None)
         return self._results(time, decoded, [decoded["marginal_log_likelihood"]])
+
+    def predict_to_file(
+        self,
+        path: str | os.PathLike,
+        spike_times: list[np.ndarray],
+        spike_waveform_features: list[np.ndarray],
+        time: np.ndarray,
+        is_missing: np.ndarray | None = None,
+    ) -> Path:
+        """``predict``, writing the results to a netCDF file as it goes instead of holding
+        them: memory stays bounded however long the session. The file has
+        ``save_results``'s format and appears only once complete; open it with
+        ``load_results``."""
+        from .results import streaming_results
+
+        self._check_fitted()
+        time = _check_time(time)
+        is_missing = self._missing_mask(time, None, is_missing)
+        spike_times, marks = self._check_decoding_spikes(spike_times, spike_waveform_features)
+        step, _ = _chunk_lengths(time.shape[0], self.n_bins_, int(self.environments.is_track_interior_.sum()))
+        out_dtype = np.float32 if self.dtype == "float32" else np.float64
+        with streaming_results(path, time, self.environments, out_dtype, step) as (causal, acausal, finish):
+            decoded = self._decode(time, spike_times, marks, is_missing, None, causal, acausal)
+            finish(
+                {k: decoded[k] for k in ("acausal_state_probabilities", "causal_state_probabilities")},
+                {
+                    "marginal_log_likelihood": decoded["marginal_log_likelihood"],
+                    "marginal_log_likelihoods": [decoded["marginal_log_likelihood"]],
+                    "device": self.device_,
+                },
+            )
+        return Path(path)
 
     def compute_log_likelihood(
         self,
@@ -653,14 +685,8 @@ class ContFragClusterlessClassifier:
                 "parameters": json.dumps(self.to_dict()),
             },
         )
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        try:
+        with atomic_write(path) as tmp:
             ds.to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod

@@ -16,14 +16,15 @@ package writes them.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..files import atomic_write
 from .environment import Environment
 
 RESULTS_FORMAT_VERSION = 1
@@ -44,6 +45,20 @@ def state_bins_index(environment: Environment) -> pd.MultiIndex:
     return pd.MultiIndex.from_arrays([states, *levels], names=["state", *names])
 
 
+def results_coordinates(time: np.ndarray, environment: Environment) -> xr.Coordinates:
+    """time, the state_bins MultiIndex, states, and the reference's extra coordinates."""
+    index = state_bins_index(environment)
+    n_bins = environment.place_bin_centers_.shape[0]
+    coords = xr.Coordinates.from_pandas_multiindex(index, "state_bins")
+    return coords.assign(
+        time=np.asarray(time, dtype=float),
+        states=list(STATE_NAMES),
+        state_ind=("state_bins", np.repeat(np.arange(len(STATE_NAMES)), n_bins)),
+        environments=("states", [environment.environment_name] * len(STATE_NAMES)),
+        encoding_groups=("states", [0] * len(STATE_NAMES)),
+    )
+
+
 def make_results(
     time: np.ndarray,
     environment: Environment,
@@ -58,16 +73,6 @@ def make_results(
     acausal_posterior, causal_posterior : (n_time, n_states * n_bins) float32, NaN
         outside the track. *_state_probabilities : (n_time, n_states).
     """
-    index = state_bins_index(environment)
-    n_bins = environment.place_bin_centers_.shape[0]
-    coords = xr.Coordinates.from_pandas_multiindex(index, "state_bins")
-    coords = coords.assign(
-        time=np.asarray(time, dtype=float),
-        states=list(STATE_NAMES),
-        state_ind=("state_bins", np.repeat(np.arange(len(STATE_NAMES)), n_bins)),
-        environments=("states", [environment.environment_name] * len(STATE_NAMES)),
-        encoding_groups=("states", [0] * len(STATE_NAMES)),
-    )
     return xr.Dataset(
         {
             "acausal_posterior": (("time", "state_bins"), acausal_posterior),
@@ -75,12 +80,50 @@ def make_results(
             "acausal_state_probabilities": (("time", "states"), acausal_state_probabilities),
             "causal_state_probabilities": (("time", "states"), causal_state_probabilities),
         },
-        coords=coords,
+        coords=results_coordinates(time, environment),
         attrs={
             "marginal_log_likelihood": float(marginal_log_likelihoods[-1]),
             "marginal_log_likelihoods": np.asarray(marginal_log_likelihoods, dtype=float),
         },
     )
+
+
+@contextlib.contextmanager
+def streaming_results(path: str | os.PathLike, time: np.ndarray, environment: Environment, dtype, time_chunk: int):
+    """A results file the decoder writes into as it goes (for sessions too long to hold).
+
+    Yields ``(causal, acausal, finish)``: the two posterior variables, sliceable
+    (n_time, n_states * n_bins) HDF5 datasets, and ``finish(state_probabilities,
+    attrs)`` to call once they are filled. The file appears at ``path`` only when
+    complete (written under a temporary name, then renamed); the format is
+    ``save_results``'s.
+    """
+    import h5netcdf
+
+    skeleton = xr.Dataset(coords=results_coordinates(time, environment)).reset_index("state_bins")
+    skeleton.attrs = {"results_format_version": RESULTS_FORMAT_VERSION, "state_bins_levels": ["state", *_levels(environment)]}
+    with atomic_write(path) as tmp:
+        skeleton.to_netcdf(tmp, engine="h5netcdf")
+        with h5netcdf.File(tmp, "a") as f:
+            shape = (len(time), skeleton.sizes["state_bins"])
+            chunks = (min(time_chunk, shape[0]), shape[1])
+            posteriors = [
+                f.create_variable(name, ("time", "state_bins"), dtype=dtype, chunks=chunks, compression="gzip",
+                                  compression_opts=4, fillvalue=np.nan)
+                for name in ("causal_posterior", "acausal_posterior")
+            ]  # fmt: skip
+
+            def finish(state_probabilities: dict[str, np.ndarray], attrs: dict) -> None:
+                for name, values in state_probabilities.items():
+                    f.create_variable(name, ("time", "states"), data=np.asarray(values, dtype=np.float64))
+                for key, value in attrs.items():
+                    f.attrs[key] = _netcdf_attr(value)
+
+            yield posteriors[0], posteriors[1], finish
+
+
+def _levels(environment: Environment) -> list[str]:
+    return list(state_bins_index(environment).names[1:])
 
 
 def save_results(results: xr.Dataset, path: str | os.PathLike) -> Path:
@@ -89,9 +132,6 @@ def save_results(results: xr.Dataset, path: str | os.PathLike) -> Path:
     The folder must exist; an existing file at ``path`` is replaced only once the new
     one is complete.
     """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"Cannot save decoding results to {path}: folder {path.parent} does not exist.")
     levels = list(results.indexes["state_bins"].names) if "state_bins" in results.indexes else []
     ds = results.reset_index("state_bins") if levels else results.copy()
     ds.attrs = {k: _netcdf_attr(v) for k, v in ds.attrs.items()}
@@ -102,15 +142,9 @@ def save_results(results: xr.Dataset, path: str | os.PathLike) -> Path:
         if variable.dtype.kind in "fiu" and variable.ndim > 0:
             chunks = tuple(min(n, 1024) if dim == "time" else n for dim, n in variable.sizes.items())
             encoding[name] = {"zlib": True, "complevel": 4, "chunksizes": chunks}
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
+    return Path(path)
 
 
 def load_results(path: str | os.PathLike) -> xr.Dataset:

@@ -240,3 +240,20 @@ class TestBadInput:
         s = open_field_session
         with pytest.raises(ValueError, match="is_missing has 3 entries but time has 500 bins"):
             clf.predict(s.spike_times, s.spike_waveform_features, np.arange(0, 1, 0.002), is_missing=[True] * 3)
+
+
+def test_predict_to_file_streams_the_same_results(open_field_session, open_field_fit, tmp_path):
+    clf, results, _ = open_field_fit
+    s = open_field_session
+    _, decode_time = split(s, 200.0)
+    path = clf.predict_to_file(tmp_path / "long.nc", s.spike_times, s.spike_waveform_features, decode_time)
+    assert not list(tmp_path.glob(".*.tmp"))
+    loaded = load_results(path)
+    assert list(loaded.indexes["state_bins"].names) == ["state", "x_position", "y_position"]
+    np.testing.assert_array_equal(loaded["acausal_posterior"].values, results["acausal_posterior"].values)
+    np.testing.assert_array_equal(loaded["causal_posterior"].values, results["causal_posterior"].values)
+    np.testing.assert_allclose(
+        loaded["acausal_state_probabilities"].values, results["acausal_state_probabilities"].values
+    )
+    assert loaded.attrs["marginal_log_likelihood"] == pytest.approx(results.attrs["marginal_log_likelihood"])
+    loaded.close()
