@@ -20,6 +20,16 @@ import time
 import numpy as np
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM starts afresh at exec, unlike
+    ru_maxrss, which a child inherits from the parent that spawned it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _track(inputs):
     if "track_nodes" not in inputs:
         return None
@@ -77,7 +87,7 @@ def main() -> None:
         posterior = np.asarray(results["acausal_posterior"].values)  # forces the work to finish
         predict_s.append(time.perf_counter() - start)
 
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = peak_rss_mib()
     np.savez_compressed(
         args.output,
         acausal_posterior=posterior,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ def simulate(max_minutes: float, path: Path) -> None:
 
 def one(minutes: float, inputs: Path, folder: Path) -> dict:
     import numpy as np
+    from decode_once import peak_rss_mib
 
     from decoding_assets.decoder import ContFragClusterlessClassifier, Environment
     from decoding_assets.decoder.simulate import w_track_graph
@@ -64,7 +64,7 @@ def one(minutes: float, inputs: Path, folder: Path) -> dict:
         "time_bins": int(decode_time.size),
         "predict_s": time.perf_counter() - start,
         "file_mib": path.stat().st_size / 2**20,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 

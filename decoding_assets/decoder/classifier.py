@@ -501,6 +501,8 @@ class ContFragClusterlessClassifier:
         waveform_std and centred on the encoding marks, and the encoding arrays."""
         edges_end = time[-1] + 1.0 / self.sampling_frequency
         waveform_std = self.clusterless_algorithm_params["waveform_std"]
+        # every electrode padded to one size: one compiled likelihood for all of them
+        n_padded = lik.encoding_bucket(max((e.marks.shape[0] for e in self.encodings_), default=1))
         prepared = []
         for e, encoding in enumerate(self.encodings_):
             n_features = encoding.marks.shape[1]
@@ -515,7 +517,6 @@ class ContFragClusterlessClassifier:
                 "n_encoding": encoding.marks.shape[0],
             }
             if item["n_encoding"]:
-                n_padded = lik.encoding_bucket(item["n_encoding"])
                 enc_marks, valid = lik._pad_rows((encoding.marks - center) / std, n_padded)
                 enc_positions, _ = lik._pad_rows(encoding.positions, n_padded)
                 item["encoding_marks"] = jnp.asarray(enc_marks, dtype=dtype)
