@@ -527,12 +527,17 @@ class Catalog:
         return row
 
     def output_paths(self, merge_id: str) -> tuple[Path, Path]:
-        """Where a selection's results and fitted model go; recorded as written by this
-        catalog before anything is written, so ``cleanup`` can always reclaim them."""
+        """New paths for a run of a selection's decode: results and fitted model.
+
+        Each run gets its own names, so a registered output is never overwritten; the
+        previous run's files become orphans when the new one is registered. The paths
+        are recorded as written by this catalog before anything is written, so
+        ``cleanup`` can always reclaim them."""
         selection = self.fetch_selection(merge_id)
         folder = self.output_dir / "decoding" / selection["nwb_file_name"]
         folder.mkdir(parents=True, exist_ok=True)
-        results, model = folder / f"{merge_id}.nc", folder / f"{merge_id}.model.nc"
+        run = uuid.uuid4().hex[:12]
+        results, model = folder / f"{merge_id}.{run}.nc", folder / f"{merge_id}.{run}.model.nc"
         self.record_written_files([results, model], kind="decoding")
         return results, model
 

@@ -20,7 +20,7 @@ import yaml
 from catalog import Catalog, CatalogError, file_checksum
 
 from . import __version__
-from .decoder import ContFragClusterlessClassifier, save_results
+from .decoder import load_results, save_results
 from .nwb import read_raw_position, read_session_info, read_waveform_features
 from .position import load_position, process_position, save_position, upsample_position_group
 
@@ -278,10 +278,18 @@ def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False)
             f"group {selection['position_group_name']!r}; choose a position group that covers it."
         )
 
-    import xarray as xr
-
+    path, model_path = catalog.output_paths(merge_id)
+    attrs = {
+        "nwb_file_name": selection["nwb_file_name"],
+        "decoding_interval": selection["decoding_interval"],
+        "encoding_interval": selection["encoding_interval"],
+        "merge_id": merge_id,
+        "decoding_param_name": selection["decoding_param_name"],
+        "code_version": __version__,
+    }
     if selection["estimate_decoding_params"]:
         # EM over the span of the interval, times outside its pieces treated as missing
+        # (EM keeps its results in memory)
         span = np.arange(inputs.decoding_times[0, 0], inputs.decoding_times[-1, 1], 1.0 / fs)
         results = model.estimate_parameters(
             position_time, position, inputs.spike_times, inputs.spike_waveform_features, time=span,
@@ -291,29 +299,20 @@ def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False)
         for k, piece in enumerate(inputs.decoding_times):
             label[_within(span, piece[np.newaxis])] = k
         results = results.assign_coords(interval_labels=("time", label)).isel(time=label >= 0)
+        results.attrs.update(attrs, device=model.device_)
+        save_results(results, path)
     else:
+        # each piece decoded on its own, streamed into one file; a piece too short for a
+        # single bin is skipped and the labels keep every other piece's index
         model.fit(position_time, position, inputs.spike_times, inputs.spike_waveform_features, is_training=is_training)
-        parts = []
-        for k, piece in enumerate(pieces):
-            if piece.size == 0:
-                continue  # the label keeps the original piece index, so nothing is renumbered
-            part = model.predict(inputs.spike_times, inputs.spike_waveform_features, piece)
-            parts.append(part.assign_coords(interval_labels=("time", np.full(piece.size, k))))
-        results = parts[0] if len(parts) == 1 else xr.concat(parts, dim="time", data_vars="all")
-    results.attrs.update(
-        nwb_file_name=selection["nwb_file_name"],
-        decoding_interval=selection["decoding_interval"],
-        encoding_interval=selection["encoding_interval"],
-        merge_id=merge_id,
-        decoding_param_name=selection["decoding_param_name"],
-        code_version=__version__,
-        device=model.device_,
-    )
-    error = median_decoding_error(results, inputs.position, inputs.position_variables, model)
-    path, model_path = catalog.output_paths(merge_id)
-    save_results(results, path)
+        labels = np.concatenate([np.full(p.size, k) for k, p in enumerate(pieces)])
+        model.predict_to_file(
+            path, inputs.spike_times, inputs.spike_waveform_features, np.concatenate(pieces),
+            interval_labels=labels, attrs=attrs,
+        )  # fmt: skip
     model.save_model(model_path)
-    run_seconds = clock.perf_counter() - started
+    results = load_results(path)
+    summary = summarize_results(results, inputs.position, inputs.position_variables, model)
     record = catalog.register_output(
         merge_id,
         path=path,
@@ -321,31 +320,47 @@ def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False)
         code_version=__version__,
         input_versions=inputs.versions,
         n_time_bins=results.sizes["time"],
-        run_seconds=run_seconds,
+        run_seconds=clock.perf_counter() - started,
         device=model.device_,
-        median_decoding_error_cm=error,
+        median_decoding_error_cm=summary["median_decoding_error_cm"],
     )
     return {
         **record,
+        **summary,
         "results": results,
-        "model": model,
         "position": inputs.position,
         "position_variables": inputs.position_variables,
     }
 
 
-def median_decoding_error(results, position: pd.DataFrame, position_variables: list[str], model) -> float | None:
-    """Median distance (cm) between the most probable decoded position and the tracked
-    one, over bins with tracking (on a track: along the linearized track)."""
+def summarize_results(results, position: pd.DataFrame, position_variables: list[str], model, rows: int = 4096) -> dict:
+    """Read a (lazily opened) decode a block of rows at a time and measure:
+
+    - ``median_decoding_error_cm``: median distance between the most probable decoded
+      position and the tracked one, over bins with tracking (on a track: along it);
+    - ``max_posterior_sum_error``: the largest |sum of a bin's posterior - 1|;
+    - ``n_nan_inside_track``: NaN posterior values at bins inside the track.
+    """
     env = model.environments
-    posterior = np.nan_to_num(np.asarray(results["acausal_posterior"].values)).reshape(results.sizes["time"], 2, -1)
-    decoded = env.place_bin_centers_[posterior.sum(axis=1).argmax(axis=1)]
+    interior = np.tile(env.is_track_interior_.ravel(), 2)
     time = results["time"].values
     tracked = np.column_stack(
         [np.interp(time, position.index.to_numpy(), position[v].to_numpy(), left=np.nan, right=np.nan) for v in position_variables]
     )
     actual = env.to_decoding_position(tracked)
-    ok = ~np.isnan(actual).any(axis=1)
-    if not ok.any():
-        return None
-    return float(np.median(np.linalg.norm(decoded[ok] - actual[ok], axis=1)))
+    errors, worst_sum, n_nan = [], 0.0, 0
+    for start in range(0, time.size, rows):
+        block = np.asarray(results["acausal_posterior"][start : start + rows].values)
+        worst_sum = max(worst_sum, float(np.max(np.abs(np.nansum(block, axis=1) - 1.0))))
+        n_nan += int(np.isnan(block[:, interior]).sum())
+        flat = np.nan_to_num(block).reshape(block.shape[0], 2, -1).sum(axis=1)
+        decoded = env.place_bin_centers_[flat.argmax(axis=1)]
+        here = actual[start : start + rows]
+        ok = ~np.isnan(here).any(axis=1)
+        errors.append(np.linalg.norm(decoded[ok] - here[ok], axis=1))
+    errors = np.concatenate(errors)
+    return {
+        "median_decoding_error_cm": float(np.median(errors)) if errors.size else None,
+        "max_posterior_sum_error": worst_sum,
+        "n_nan_inside_track": n_nan,
+    }

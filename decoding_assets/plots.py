@@ -21,11 +21,11 @@ def plot_decode(results: xr.Dataset, position: pd.DataFrame, position_variables:
     """PNG bytes: one posterior panel per decoded dimension (marginal over the other)
     with the tracked position on top, then state probabilities, then speed and head
     direction."""
+    step = max(1, results.sizes["time"] // _MAX_COLUMNS)
+    results = results.isel(time=slice(None, None, step))  # reads only the rows drawn
     posterior = results["acausal_posterior"].unstack("state_bins").sum("state", skipna=True)
     dims = [d for d in posterior.dims if d != "time"]
-    time = results["time"].values
-    step = max(1, time.size // _MAX_COLUMNS)
-    t = time[::step]
+    t = results["time"].values
     tracked = position.reindex(position.index.union(t)).interpolate(method="index", limit_area="inside").reindex(t)
 
     n_panels = len(dims) + 2
@@ -33,7 +33,7 @@ def plot_decode(results: xr.Dataset, position: pd.DataFrame, position_variables:
     for ax, dim, variable in zip(axes, dims, position_variables if len(dims) > 1 else position_variables[:1]):
         others = [d for d in dims if d != dim]
         marginal = posterior.sum(others) if others else posterior
-        image = marginal.values[::step].T
+        image = marginal.values.T
         centers = marginal[dim].values
         ax.imshow(
             image, aspect="auto", origin="lower", cmap="bone_r", interpolation="nearest",
@@ -46,7 +46,7 @@ def plot_decode(results: xr.Dataset, position: pd.DataFrame, position_variables:
     states = results["acausal_state_probabilities"]
     ax = axes[len(dims)]
     for name in states["states"].values:
-        ax.plot(t, states.sel(states=name).values[::step], label=str(name))
+        ax.plot(t, states.sel(states=name).values, label=str(name))
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("probability")
     ax.legend(loc="upper right", fontsize=8)

@@ -27,7 +27,7 @@ from ..files import atomic_write
 from . import inference
 from . import likelihood as lik
 from .environment import Environment
-from .results import STATE_NAMES, make_results
+from .results import STATE_NAMES, make_results, streaming_results
 from .transitions import make_transitions
 
 MODEL_FORMAT_VERSION = 1
@@ -271,10 +271,9 @@ class ContFragClusterlessClassifier:
         is NaN are treated as missing (as in the reference). ``position_time`` is
         accepted for compatibility and not used.
         """
-        self._check_fitted()
-        time = _check_time(time)
-        is_missing = self._missing_mask(time, position, is_missing)
-        spike_times, marks = self._check_decoding_spikes(spike_times, spike_waveform_features)
+        time, is_missing, spike_times, marks = self._decoding_inputs(
+            time, spike_times, spike_waveform_features, is_missing, position
+        )
         decoded = self._decode(time, spike_times, marks, is_missing, ll_cache=None)
         return self._results(time, decoded, [decoded["marginal_log_likelihood"]])
 
@@ -285,26 +284,43 @@ class ContFragClusterlessClassifier:
         spike_waveform_features: list[np.ndarray],
         time: np.ndarray,
         is_missing: np.ndarray | None = None,
+        interval_labels: np.ndarray | None = None,
+        attrs: dict | None = None,
     ) -> Path:
         """``predict``, writing the results to a netCDF file as it goes instead of holding
         them: memory stays bounded however long the session. The file has
         ``save_results``'s format and appears only once complete; open it with
-        ``load_results``."""
-        from .results import streaming_results
+        ``load_results``.
 
-        self._check_fitted()
-        time = _check_time(time)
-        is_missing = self._missing_mask(time, None, is_missing)
-        spike_times, marks = self._check_decoding_spikes(spike_times, spike_waveform_features)
-        step, _ = _chunk_lengths(time.shape[0], self.n_bins_, int(self.environments.is_track_interior_.sum()))
-        out_dtype = np.float32 if self.dtype == "float32" else np.float64
-        with streaming_results(path, time, self.environments, out_dtype, step) as (causal, acausal, finish):
-            decoded = self._decode(time, spike_times, marks, is_missing, None, causal, acausal)
+        interval_labels : optional (n_time,) integers; each run of equal labels is
+            decoded on its own (from the initial conditions), as separate intervals
+            are, into its rows of the one file, and stored as ``interval_labels``.
+        attrs : extra attributes for the file.
+        """
+        time, is_missing, spike_times, marks = self._decoding_inputs(time, spike_times, spike_waveform_features, is_missing)
+        n_time = time.shape[0]
+        labels = np.zeros(n_time, dtype=np.int64) if interval_labels is None else np.asarray(interval_labels)
+        if labels.shape != (n_time,):
+            raise ValueError(f"interval_labels has {labels.size} entries but time has {n_time} bins.")
+        bounds = [0, *(np.flatnonzero(np.diff(labels)) + 1), n_time]
+        step, _ = _chunk_lengths(n_time, self.n_bins_, int(self.environments.is_track_interior_.sum()))
+        state = {k: np.empty((n_time, 2)) for k in ("acausal_state_probabilities", "causal_state_probabilities")}
+        marginal = 0.0
+        with streaming_results(path, time, self.environments, self._out_dtype, step, labels) as (causal, acausal, finish):
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                decoded = self._decode(
+                    time[start:stop], spike_times, marks, is_missing[start:stop], None,
+                    _Rows(causal, start), _Rows(acausal, start),
+                )  # fmt: skip
+                for key in state:
+                    state[key][start:stop] = decoded[key]
+                marginal += decoded["marginal_log_likelihood"]
             finish(
-                {k: decoded[k] for k in ("acausal_state_probabilities", "causal_state_probabilities")},
+                state,
                 {
-                    "marginal_log_likelihood": decoded["marginal_log_likelihood"],
-                    "marginal_log_likelihoods": [decoded["marginal_log_likelihood"]],
+                    **(attrs or {}),
+                    "marginal_log_likelihood": marginal,
+                    "marginal_log_likelihoods": [marginal],
                     "device": self.device_,
                 },
             )
@@ -319,10 +335,7 @@ class ContFragClusterlessClassifier:
     ) -> np.ndarray:
         """LL_i(x) of MODEL.md for every time bin and spatial bin: (n_time, n_bins),
         NaN outside the track. Holds all of it in memory: for inspection, not decoding."""
-        self._check_fitted()
-        time = _check_time(time)
-        is_missing = self._missing_mask(time, None, is_missing)
-        spike_times, marks = self._check_decoding_spikes(spike_times, spike_waveform_features)
+        time, is_missing, spike_times, marks = self._decoding_inputs(time, spike_times, spike_waveform_features, is_missing)
         n_time = time.shape[0]
         with self._compute_context():
             dtype = self._jnp_dtype()
@@ -367,9 +380,7 @@ class ContFragClusterlessClassifier:
         if max_iter < 1:
             raise ValueError("max_iter must be at least 1.")
         self.fit(position_time, position, spike_times, spike_waveform_features, is_training=is_training)
-        time = _check_time(time)
-        is_missing = self._missing_mask(time, None, is_missing)
-        spike_times, marks = self._check_decoding_spikes(spike_times, spike_waveform_features)
+        time, is_missing, spike_times, marks = self._decoding_inputs(time, spike_times, spike_waveform_features, is_missing)
         cache: dict = {}
         history: list[float] = []
         decoded = {"causal_posterior": None, "acausal_posterior": None}
@@ -423,7 +434,7 @@ class ContFragClusterlessClassifier:
         grid = env.centers_shape_
         n_bins = self.n_bins_
         n_time = time.shape[0]
-        out_dtype = np.float32 if self.dtype == "float32" else np.float64
+        out_dtype = self._out_dtype
         if causal_out is None:
             causal_out = np.empty((n_time, 2 * n_bins), dtype=out_dtype)
         if acausal_out is None:
@@ -620,6 +631,18 @@ class ContFragClusterlessClassifier:
             missing |= np.any(np.isnan(position), axis=1)
         return missing
 
+    def _decoding_inputs(self, time, spike_times, spike_waveform_features, is_missing, position=None):
+        """Validated (time, is_missing, spike_times, marks) for a fitted model."""
+        self._check_fitted()
+        time = _check_time(time)
+        is_missing = self._missing_mask(time, position, is_missing)
+        spike_times, marks = self._check_decoding_spikes(spike_times, spike_waveform_features)
+        return time, is_missing, spike_times, marks
+
+    @property
+    def _out_dtype(self):
+        return np.float32 if self.dtype == "float32" else np.float64
+
     def _check_decoding_spikes(self, spike_times, spike_waveform_features):
         spike_times, marks = _check_spikes(spike_times, spike_waveform_features)
         if len(spike_times) != len(self.encodings_):
@@ -736,6 +759,19 @@ class ContFragClusterlessClassifier:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _Rows:
+    """Rows [offset, ...) of a 2D sink, indexed from 0: one interval's part of a file."""
+
+    def __init__(self, sink, offset: int):
+        self.sink, self.offset = sink, offset
+
+    def __getitem__(self, rows: slice):
+        return self.sink[rows.start + self.offset : rows.stop + self.offset]
+
+    def __setitem__(self, rows: slice, value) -> None:
+        self.sink[rows.start + self.offset : rows.stop + self.offset] = value
 
 
 def _chunk_lengths(n_time: int, n_bins: int, n_interior: int) -> tuple[int, int]:

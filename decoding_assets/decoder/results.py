@@ -89,7 +89,14 @@ def make_results(
 
 
 @contextlib.contextmanager
-def streaming_results(path: str | os.PathLike, time: np.ndarray, environment: Environment, dtype, time_chunk: int):
+def streaming_results(
+    path: str | os.PathLike,
+    time: np.ndarray,
+    environment: Environment,
+    dtype,
+    time_chunk: int,
+    interval_labels: np.ndarray | None = None,
+):
     """A results file the decoder writes into as it goes (for sessions too long to hold).
 
     Yields ``(causal, acausal, finish)``: the two posterior variables, sliceable
@@ -100,7 +107,10 @@ def streaming_results(path: str | os.PathLike, time: np.ndarray, environment: En
     """
     import h5netcdf
 
-    skeleton = xr.Dataset(coords=results_coordinates(time, environment)).reset_index("state_bins")
+    coords = results_coordinates(time, environment)
+    if interval_labels is not None:
+        coords = coords.assign(interval_labels=("time", np.asarray(interval_labels)))
+    skeleton = xr.Dataset(coords=coords).reset_index("state_bins")
     skeleton.attrs = {"results_format_version": RESULTS_FORMAT_VERSION, "state_bins_levels": ["state", *_levels(environment)]}
     with atomic_write(path) as tmp:
         skeleton.to_netcdf(tmp, engine="h5netcdf")

@@ -5,8 +5,6 @@ and asks Kubernetes for a GPU."""
 
 import base64
 
-import numpy as np
-
 import dagster as dg
 
 from decoding_assets import pipeline
@@ -55,12 +53,11 @@ def build_decoding_asset(config: pipeline.DecodingConfig) -> dg.AssetsDefinition
         cat = catalog.get()
         merge_id = pipeline.select(cat, keys["session"], keys["interval"], config)
         out = pipeline.decode(cat, merge_id, device=catalog.device)
-        results, model = out["results"], out["model"]
-        posterior = np.asarray(results["acausal_posterior"].values)
-        interior = np.tile(model.environments.is_track_interior_.ravel(), 2)
-        total_error = float(np.max(np.abs(np.nansum(posterior, axis=1) - 1.0)))
-        n_nan = int(np.isnan(posterior[:, interior]).sum())
+        results = out["results"]
+        total_error, n_nan = out["max_posterior_sum_error"], out["n_nan_inside_track"]
         png = plot_decode(results, out["position"], out["position_variables"])
+        encoding_interval = results.attrs["encoding_interval"]
+        results.close()
         picture = base64.b64encode(png).decode()
         yield dg.MaterializeResult(
             metadata={
@@ -71,7 +68,7 @@ def build_decoding_asset(config: pipeline.DecodingConfig) -> dg.AssetsDefinition
                 "run_seconds": float(out["run_seconds"]),
                 "device": out["device"],
                 "median_decoding_error_cm": out["median_decoding_error_cm"],
-                "encoding_interval": results.attrs["encoding_interval"],
+                "encoding_interval": encoding_interval,
                 "decode": dg.MetadataValue.md(f"![decode](data:image/png;base64,{picture})"),
             },
             check_results=[

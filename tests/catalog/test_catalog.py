@@ -128,16 +128,19 @@ def test_cleanup_spares_referenced_and_foreign_files(decoded, tmp_path):
     assert cat.cleanup(dry_run=True, min_age_s=0) == []  # everything is referenced
     cat.delete_output(merge_id)
     orphans = cat.cleanup(dry_run=True, min_age_s=0)
-    assert sorted(p.name for p in orphans) == sorted([f"{merge_id}.nc", f"{merge_id}.model.nc"])
+    assert sorted(str(p) for p in orphans) == sorted([output["path"], output["model_path"]])
     assert cat.cleanup(dry_run=True, min_age_s=3600) == []  # too young to be sure
     removed = cat.cleanup(dry_run=False, min_age_s=0)
     assert sorted(removed) == sorted(orphans)
     assert not any(p.exists() for p in removed)
     assert foreign.exists()
     assert cat.position_outputs(name)["path"].map(lambda p: __import__("pathlib").Path(p).exists()).all()
-    # decode again: same merge_id, same path
+    # decode again: same merge_id, new files; a third run orphans the second's
     pipeline.decode(cat, merge_id)
-    assert cat.fetch_output(merge_id)["path"] == output["path"]
+    second = cat.fetch_output(merge_id)
+    assert second["path"] != output["path"]
+    pipeline.decode(cat, merge_id)
+    assert sorted(str(p) for p in cat.cleanup(dry_run=True, min_age_s=0)) == sorted([second["path"], second["model_path"]])
 
 
 def _write_many(path: str, worker: int, n: int) -> None:

@@ -257,3 +257,21 @@ def test_predict_to_file_streams_the_same_results(open_field_session, open_field
     )
     assert loaded.attrs["marginal_log_likelihood"] == pytest.approx(results.attrs["marginal_log_likelihood"])
     loaded.close()
+
+
+def test_predict_to_file_decodes_each_interval_on_its_own(open_field_session, open_field_fit, tmp_path):
+    clf, _, _ = open_field_fit
+    s = open_field_session
+    _, decode_time = split(s, 200.0)
+    first, second = decode_time[:800], decode_time[5000:5600]
+    labels = np.concatenate([np.full(first.size, 0), np.full(second.size, 2)])
+    path = clf.predict_to_file(
+        tmp_path / "pieces.nc", s.spike_times, s.spike_waveform_features, np.concatenate([first, second]),
+        interval_labels=labels, attrs={"decoding_interval": "two pieces"},
+    )  # fmt: skip
+    loaded = load_results(path)
+    assert loaded.attrs["decoding_interval"] == "two pieces"
+    np.testing.assert_array_equal(loaded["interval_labels"].values, labels)
+    alone = clf.predict(s.spike_times, s.spike_waveform_features, second)
+    np.testing.assert_array_equal(loaded["acausal_posterior"].values[first.size :], alone["acausal_posterior"].values)
+    loaded.close()
