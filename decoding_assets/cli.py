@@ -73,7 +73,7 @@ def run_demo(
     say(f"Registered {nwb_file_name} in {catalog.catalog_path}")
 
     def run(job_name: str, partition_key=None) -> None:
-        result = defs.get_job_def(job_name).execute_in_process(
+        result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance,
             partition_key=partition_key,
             raise_on_error=True,
@@ -93,9 +93,11 @@ def run_demo(
     columns = ["decoding_interval", "encoding_interval", "median_decoding_error_cm", "run_seconds", "path"]
     say("\nDecoding outputs (the catalog's decoding_outputs table):")
     say(outputs[columns].to_string(index=False))
+    example = outputs["merge_id"].iloc[0] if len(outputs) else "<merge_id>"
     say(
-        f"\nCatalog: {catalog.catalog_path}\nOpen the UI with:  decoding-assets ui --home {home}\n"
-        "In Python:  from catalog import Catalog; Catalog(...).fetch_results(merge_id)"
+        f"\nCatalog: {catalog.catalog_path}\n"
+        f"Open the UI with:  {sys.argv[0]} --home {home} ui\n"
+        f"In Python:         from catalog import Catalog; Catalog({catalog.catalog_path!r}).fetch_results({example!r})"
     )
     return outputs.to_dict("records")
 

@@ -160,6 +160,11 @@ def decoding_intervals(catalog: Catalog, nwb_file_name: str, config: DecodingCon
     return [n for n in names if fnmatch.fnmatchcase(n, config.decoding_intervals)]
 
 
+def decodable_intervals(catalog: Catalog, nwb_file_name: str, config: dict) -> list[str]:
+    """Every interval list of a session that some decoding configuration decodes."""
+    return sorted({n for c in config["decodings"] for n in decoding_intervals(catalog, nwb_file_name, c)})
+
+
 def encoding_interval_for(catalog: Catalog, nwb_file_name: str, config: DecodingConfig, decoding_interval: str) -> str:
     if config.encoding_interval != "{epoch}":
         return config.encoding_interval

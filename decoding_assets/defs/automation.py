@@ -36,9 +36,7 @@ def register_file(catalog, instance: dg.DagsterInstance, path: Path) -> tuple[st
     """Register an NWB file in the catalog and add its partitions to the instance."""
     cat = catalog.get()
     nwb_file_name = pipeline.register_session(cat, path)
-    intervals = sorted(
-        {n for c in pipeline.load_config()["decodings"] for n in pipeline.decoding_intervals(cat, nwb_file_name, c)}
-    )
+    intervals = pipeline.decodable_intervals(cat, nwb_file_name, pipeline.load_config())
     instance.add_dynamic_partitions(sessions_partitions.name, [nwb_file_name])
     instance.add_dynamic_partitions(decoding_intervals_partitions.name, intervals)
     return nwb_file_name, intervals

@@ -40,9 +40,7 @@ def interval_lists(context: dg.AssetExecutionContext, catalog: CatalogResource) 
     cat = catalog.get()
     nwb_file_name = context.partition_key
     table = cat.interval_lists(nwb_file_name)
-    decodable = sorted(
-        {name for config in pipeline.load_config()["decodings"] for name in pipeline.decoding_intervals(cat, nwb_file_name, config)}
-    )
+    decodable = pipeline.decodable_intervals(cat, nwb_file_name, pipeline.load_config())
     context.instance.add_dynamic_partitions(decoding_intervals_partitions.name, decodable)
     return dg.MaterializeResult(
         metadata={"intervals": _table(table), "n_intervals": len(table), "decoding_intervals": ", ".join(decodable)}

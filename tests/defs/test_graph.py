@@ -121,6 +121,6 @@ def test_an_interval_outside_the_decoding_is_a_clear_failure(demo_home):
     instance = dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"])
     instance.add_dynamic_partitions("decoding_intervals", ["01_s1"])
     with pytest.raises(Exception, match="does not decode interval '01_s1'"):
-        local.get_job_def("decode_contfrag_trials").execute_in_process(
+        local.resolve_job_def("decode_contfrag_trials").execute_in_process(
             instance=instance, partition_key=dg.MultiPartitionKey({"session": "demo.nwb", "interval": "01_s1"})
         )
