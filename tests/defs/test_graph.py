@@ -75,6 +75,8 @@ def test_whole_graph_for_the_demo_session(demo_home):
         [dg.AssetCheckKey(key, "no_nan_inside_track")]
     )
     assert check[dg.AssetCheckKey(key, "no_nan_inside_track")].status.value == "SUCCEEDED"
+    # the next run's process finds the compiled decoder on disk
+    assert any((home / "jax_cache").iterdir())
     # lineage: from the NWB file to every decode that used it
     lineage = catalog.lineage(outputs[0]["merge_id"])
     assert set(lineage["input_kind"]) == {"session", "waveform_features", "position", "decoding_params", "code"}
