@@ -8,6 +8,8 @@ decode (one decoding selection, written to netCDF and registered with its lineag
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
 import time as clock
 from dataclasses import dataclass
@@ -254,9 +256,6 @@ def load_decoding_inputs(catalog: Catalog, merge_id: str) -> DecodingInputs:
 
 
 def _params_version(catalog: Catalog, name: str) -> str:
-    import hashlib
-    import json
-
     return hashlib.blake2b(json.dumps(catalog.fetch_decoding_params(name), sort_keys=True).encode(), digest_size=10).hexdigest()
 
 

@@ -111,7 +111,8 @@ def streaming_results(
     if interval_labels is not None:
         coords = coords.assign(interval_labels=("time", np.asarray(interval_labels)))
     skeleton = xr.Dataset(coords=coords).reset_index("state_bins")
-    skeleton.attrs = {"results_format_version": RESULTS_FORMAT_VERSION, "state_bins_levels": ["state", *_levels(environment)]}
+    levels = list(state_bins_index(environment).names)
+    skeleton.attrs = {"results_format_version": RESULTS_FORMAT_VERSION, "state_bins_levels": levels}
     with atomic_write(path) as tmp:
         skeleton.to_netcdf(tmp, engine="h5netcdf")
         with h5netcdf.File(tmp, "a") as f:
@@ -130,10 +131,6 @@ def streaming_results(
                     f.attrs[key] = _netcdf_attr(value)
 
             yield posteriors[0], posteriors[1], finish
-
-
-def _levels(environment: Environment) -> list[str]:
-    return list(state_bins_index(environment).names[1:])
 
 
 def save_results(results: xr.Dataset, path: str | os.PathLike) -> Path:

@@ -77,7 +77,7 @@ def build_missing_decodes_schedule(config: pipeline.DecodingConfig, job) -> dg.S
     )
     def _missing(context: dg.ScheduleEvaluationContext, catalog: CatalogResource):
         cat = catalog.get()
-        decoded = set(cat.outputs()["merge_id"]) if len(cat.outputs()) else set()
+        decoded = set(cat.outputs()["merge_id"])
         requests = []
         for nwb_file_name in cat.sessions()["nwb_file_name"]:
             try:

@@ -3,6 +3,7 @@ and the groups decodes draw on. Partitioned by session (``nwb_file_name``)."""
 
 
 import numpy as np
+import pandas as pd
 
 import dagster as dg
 
@@ -69,8 +70,6 @@ def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResourc
             {"electrode_group_name": f.electrode_group_name, "n_spikes": f.times.size, "n_channels": f.features.shape[1],
              "median_peak_uV": float(np.median(f.features.max(axis=1))) if f.times.size else float("nan")}
         )  # fmt: skip
-    import pandas as pd
-
     return dg.MaterializeResult(metadata={"electrode_groups": _table(pd.DataFrame(rows)), "n_electrode_groups": len(rows)})
 
 
