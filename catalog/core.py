@@ -26,6 +26,8 @@ from .schema import SCHEMA_VERSION, TABLES
 
 _MERGE_NAMESPACE = uuid.UUID("6f1d2c1e-3b7a-4d53-9a55-0c2b8f1e7d41")
 _FORBIDDEN = set("/\\'\"|,\0\n\r\t")
+# the parameters recorded for a features set first seen in an NWB file
+NWB_FEATURES_PARAMS = {"source": "nwb"}
 
 
 class CatalogError(ValueError):
@@ -216,7 +218,7 @@ class Catalog:
                 con.execute(
                     "INSERT INTO waveform_features_params (features_param_name, params) VALUES (?, ?) "
                     "ON CONFLICT DO NOTHING",
-                    [row["features_param_name"], json.dumps({"source": row["source"]})],
+                    [row["features_param_name"], json.dumps(NWB_FEATURES_PARAMS)],
                 )
                 con.execute(
                     "INSERT INTO waveform_features VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -262,6 +264,19 @@ class Catalog:
     # ------------------------------------------------------------------ waveform features
 
     def insert_features_params(self, features_param_name: str, params: dict) -> None:
+        """Store how a named set of features is extracted from raw recordings. A name
+        first seen on features found in an NWB file gets these parameters; the file's
+        own features stay in use for its groups."""
+        with self.transaction() as con:
+            existing = con.execute(
+                "SELECT params FROM waveform_features_params WHERE features_param_name = ?", [features_param_name]
+            ).fetchone()
+            if existing is not None and json.loads(existing[0]) == NWB_FEATURES_PARAMS:
+                con.execute(
+                    "UPDATE waveform_features_params SET params = ? WHERE features_param_name = ?",
+                    [json.dumps(params, sort_keys=True), features_param_name],
+                )
+                return
         self._insert_named_params("waveform_features_params", "features_param_name", features_param_name, params)
 
     def fetch_features_params(self, features_param_name: str) -> dict:
@@ -318,8 +333,9 @@ class Catalog:
 
     def fetch_features_group(self, nwb_file_name: str, waveform_features_group_name: str) -> pd.DataFrame:
         df = self.query(
-            "SELECT m.electrode_group_name, m.features_param_name, f.content_hash, f.n_spikes "
-            "FROM waveform_features_group_members m JOIN waveform_features f USING "
+            "SELECT m.electrode_group_name, m.features_param_name, f.content_hash, f.n_spikes, f.n_features, f.source, "
+            "x.path FROM waveform_features_group_members m JOIN waveform_features f USING "
+            "(nwb_file_name, electrode_group_name, features_param_name) LEFT JOIN waveform_features_files x USING "
             "(nwb_file_name, electrode_group_name, features_param_name) "
             "WHERE m.nwb_file_name = ? AND m.waveform_features_group_name = ? ORDER BY m.electrode_group_name",
             [nwb_file_name, waveform_features_group_name],
@@ -330,6 +346,76 @@ class Catalog:
                 "create it with create_features_group."
             )
         return df
+
+    def features_output_path(self, nwb_file_name: str, electrode_group_name: str, features_param_name: str) -> Path:
+        """A new path for one group's extracted features, recorded as written by this
+        catalog before anything is written (a re-extraction never overwrites a file)."""
+        folder = self.output_dir / "waveform_features" / nwb_file_name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{electrode_group_name}__{features_param_name}.{uuid.uuid4().hex[:12]}.nc"
+        self.record_written_files([path], kind="waveform_features")
+        return path
+
+    def register_extracted_features(self, nwb_file_name: str, features_param_name: str, rows: Sequence[dict]) -> None:
+        """Record features extracted from a raw recording, every group in one transaction,
+        replacing an earlier extraction with the same parameter set.
+
+        Each row: electrode_group_name, path, raw_series_name, n_spikes, electrode_ids,
+        bad_electrode_ids, code_version, run_seconds. The parameters are those stored
+        under ``features_param_name``; the file's checksum becomes its version.
+        """
+        params = self.fetch_features_params(features_param_name)
+        known = set(self.query(
+            "SELECT electrode_group_name FROM electrode_groups WHERE nwb_file_name = ?", [nwb_file_name]
+        )["electrode_group_name"])  # fmt: skip
+        prepared = []
+        for row in rows:
+            group = row["electrode_group_name"]
+            if group not in known:
+                raise CatalogError(f"Session {nwb_file_name} has no electrode group {group!r}.")
+            path = Path(row["path"]).resolve()
+            prepared.append((row, group, path, file_checksum(path)))
+        with self.transaction() as con:
+            for row, group, path, checksum in prepared:
+                source = con.execute(
+                    "SELECT source FROM waveform_features WHERE nwb_file_name = ? AND electrode_group_name = ? "
+                    "AND features_param_name = ?",
+                    [nwb_file_name, group, features_param_name],
+                ).fetchone()
+                if source is not None and source[0] == "nwb":
+                    raise CatalogError(
+                        f"Session {nwb_file_name}, electrode group {group}: the NWB file already holds "
+                        f"{features_param_name!r} features; extract under another features_param_name."
+                    )
+                con.execute(
+                    "INSERT INTO waveform_features VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                    "n_spikes = excluded.n_spikes, n_features = excluded.n_features, source = excluded.source, "
+                    "content_hash = excluded.content_hash",
+                    [nwb_file_name, group, features_param_name, int(row["n_spikes"]), len(row["electrode_ids"]),
+                     f"raw:{row['raw_series_name']}", checksum],
+                )  # fmt: skip
+                con.execute(
+                    "INSERT INTO waveform_features_files (nwb_file_name, electrode_group_name, features_param_name, "
+                    "path, raw_series_name, electrode_ids, bad_electrode_ids, params, code_version, run_seconds) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET path = excluded.path, "
+                    "raw_series_name = excluded.raw_series_name, electrode_ids = excluded.electrode_ids, "
+                    "bad_electrode_ids = excluded.bad_electrode_ids, params = excluded.params, "
+                    "code_version = excluded.code_version, run_seconds = excluded.run_seconds, "
+                    "created_at = now()",
+                    [nwb_file_name, group, features_param_name, str(path), row["raw_series_name"],
+                     [int(i) for i in row["electrode_ids"]], [int(i) for i in row["bad_electrode_ids"]],
+                     json.dumps(params, sort_keys=True), row["code_version"], float(row["run_seconds"])],
+                )  # fmt: skip
+
+    def extracted_features(self, nwb_file_name: str) -> pd.DataFrame:
+        """Features extracted from raw recordings, with their files and lineage."""
+        return self.query(
+            "SELECT f.*, x.* EXCLUDE (nwb_file_name, electrode_group_name, features_param_name) "
+            "FROM waveform_features f JOIN waveform_features_files x USING "
+            "(nwb_file_name, electrode_group_name, features_param_name) WHERE f.nwb_file_name = ? "
+            "ORDER BY f.features_param_name, f.electrode_group_name",
+            [nwb_file_name],
+        )
 
     # ------------------------------------------------------------------ position
 
@@ -646,12 +732,10 @@ class Catalog:
     def fetch_spike_data(self, merge_id: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Spike times and waveform features per electrode group of the decode's
         waveform features group (in the group's order)."""
-        from decoding_assets.nwb import read_waveform_features
+        from decoding_assets.pipeline import read_features_group
 
         selection = self.fetch_selection(merge_id)
-        group = self.fetch_features_group(selection["nwb_file_name"], selection["waveform_features_group_name"])
-        nwb_path = self.fetch_session(selection["nwb_file_name"])["nwb_path"]
-        features = read_waveform_features(nwb_path, group["electrode_group_name"].tolist())
+        features = read_features_group(self, selection["nwb_file_name"], selection["waveform_features_group_name"])
         return [f.times for f in features], [f.features for f in features]
 
     def delete_output(self, merge_id: str) -> None:
@@ -673,6 +757,7 @@ class Catalog:
             "WHERE w.path NOT IN (SELECT path FROM decoding_outputs) "
             "AND w.path NOT IN (SELECT model_path FROM decoding_outputs) "
             "AND w.path NOT IN (SELECT path FROM position_outputs) "
+            "AND w.path NOT IN (SELECT path FROM waveform_features_files) "
             "AND w.written_at <= current_timestamp - to_seconds(?) ORDER BY w.path",
             [float(min_age_s)],
         )["path"].tolist()

@@ -56,6 +56,24 @@ TABLES = [
         PRIMARY KEY (nwb_file_name, electrode_group_name, features_param_name),
         FOREIGN KEY (nwb_file_name, electrode_group_name) REFERENCES electrode_groups (nwb_file_name, electrode_group_name)
     )""",
+    # features extracted from a raw ElectricalSeries: the file and where it came from
+    """
+    CREATE TABLE IF NOT EXISTS waveform_features_files (
+        nwb_file_name VARCHAR NOT NULL,
+        electrode_group_name VARCHAR NOT NULL,
+        features_param_name VARCHAR NOT NULL,
+        path VARCHAR NOT NULL,
+        raw_series_name VARCHAR NOT NULL,
+        electrode_ids BIGINT[] NOT NULL,
+        bad_electrode_ids BIGINT[] NOT NULL,
+        params JSON NOT NULL,
+        code_version VARCHAR NOT NULL,
+        run_seconds DOUBLE NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (nwb_file_name, electrode_group_name, features_param_name),
+        FOREIGN KEY (nwb_file_name, electrode_group_name, features_param_name)
+            REFERENCES waveform_features (nwb_file_name, electrode_group_name, features_param_name)
+    )""",
     """
     CREATE TABLE IF NOT EXISTS waveform_features_groups (
         nwb_file_name VARCHAR NOT NULL REFERENCES sessions (nwb_file_name),

@@ -48,7 +48,7 @@ def _default_home() -> Path:
 
 
 def run_demo(
-    home: Path, n_tetrodes: int = 8, epoch_durations=(120.0, 30.0, 90.0), trial_duration: float = 30.0, quiet: bool = False
+    home: Path, n_tetrodes: int = 8, epoch_durations=(120.0, 30.0, 60.0), trial_duration: float = 30.0, quiet: bool = False
 ) -> list[dict]:
     """Make the demo session, register it and materialize the whole graph for it."""
     _setup_home(home)
@@ -89,8 +89,11 @@ def run_demo(
     for decoding in config["decodings"]:
         for interval in decoding_intervals(cat, nwb_file_name, decoding):
             run(decoding_job_name(decoding), dg.MultiPartitionKey({"session": nwb_file_name, "interval": interval}))
+    extracted = cat.extracted_features(nwb_file_name)
+    say("\nWaveform features extracted from the raw recording:")
+    say(extracted[["electrode_group_name", "features_param_name", "n_spikes", "electrode_ids", "bad_electrode_ids"]].to_string(index=False))
     outputs = cat.outputs(nwb_file_name)
-    columns = ["decoding_interval", "encoding_interval", "median_decoding_error_cm", "run_seconds", "path"]
+    columns = ["waveform_features_group_name", "decoding_interval", "median_decoding_error_cm", "run_seconds", "path"]
     say("\nDecoding outputs (the catalog's decoding_outputs table):")
     say(outputs[columns].to_string(index=False))
     example = outputs["merge_id"].iloc[0] if len(outputs) else "<merge_id>"

@@ -16,6 +16,7 @@ The layout read (README, "NWB layout"):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
+from .waveforms import RawRecording
 
 LED_NAMES = ("led_front", "led_back")
 
@@ -93,6 +95,7 @@ def read_session_info(path: str | Path) -> dict:
         for name, container in _feature_containers(nwb).items():
             n_spikes, n_channels = int(len(container.times)), int(container.features.shape[1])
             features.append((name, _feature_set_name(container), n_spikes, n_channels))
+        raw_series = sorted(_raw_series(nwb))
         has_position = _position_container(nwb) is not None
         if has_position:
             raw = _raw_position(nwb)
@@ -106,6 +109,7 @@ def read_session_info(path: str | Path) -> dict:
             "intervals": intervals,
             "electrode_groups": groups,
             "waveform_features": features,
+            "raw_series": raw_series,
             "has_position": has_position,
         }
 
@@ -117,6 +121,58 @@ def _feature_containers(nwb) -> dict:
     return {
         name: c for name, c in nwb.processing["ecephys"].data_interfaces.items() if type(c).__name__ == "FeatureExtraction"
     }
+
+
+def _raw_series(nwb) -> dict:
+    """The ElectricalSeries of acquisition (raw recordings), by name."""
+    return {name: s for name, s in nwb.acquisition.items() if type(s).__name__ == "ElectricalSeries"}
+
+
+@contextlib.contextmanager
+def open_raw_recording(path: str | Path, series_name: str | None = None):
+    """The raw ``ElectricalSeries`` ``series_name`` (default: the file's only one) as a
+    ``RawRecording`` read lazily from the open file."""
+    io, nwb = _open(path)
+    with io:
+        available = _raw_series(nwb)
+        name = Path(path).name
+        if series_name is None:
+            if len(available) != 1:
+                raise NWBReadError(
+                    f"NWB file {name} has {len(available)} raw ElectricalSeries in acquisition "
+                    f"({sorted(available) or 'none'}); name one with the raw_series_name parameter."
+                )
+            series_name = next(iter(available))
+        if series_name not in available:
+            raise NWBReadError(f"NWB file {name} has no raw ElectricalSeries {series_name!r}; it has {sorted(available)}.")
+        series = available[series_name]
+        electrodes = series.electrodes.table
+        rows = np.asarray(series.electrodes.data[:], dtype=int)
+        groups = np.asarray([g.name for g in electrodes["group"][:]])[rows]
+        bad = np.zeros(rows.size, dtype=bool)
+        if "bad_channel" in electrodes.colnames:
+            bad = np.asarray([str(v).lower() in ("true", "1") for v in electrodes["bad_channel"][:]])[rows]
+        gain = np.ones(rows.size) if series.channel_conversion is None else np.asarray(series.channel_conversion[:])
+        offset = float(getattr(series, "offset", 0.0) or 0.0)
+        yield RawRecording(
+            name=series_name,
+            data=series.data,
+            uv_per_unit=gain * float(series.conversion) * 1e6,
+            offset_uv=offset * 1e6,
+            sampling_rate=float(series.rate) if series.rate is not None else _rate(series.timestamps, name),
+            starting_time=float(series.starting_time or 0.0),
+            timestamps=series.timestamps,
+            electrode_ids=np.asarray(electrodes.id[:])[rows],
+            group_names=groups,
+            bad=bad,
+        )
+
+
+def _rate(timestamps, name: str) -> float:
+    head = np.asarray(timestamps[: min(len(timestamps), 10_000)], dtype=float)
+    if head.size < 2:
+        raise NWBReadError(f"NWB file {name}: the raw series has too few timestamps to know its sampling rate.")
+    return float(1.0 / np.median(np.diff(head)))
 
 
 def _feature_set_name(container) -> str:
@@ -201,8 +257,9 @@ def read_waveform_features(path: str | Path, electrode_group_names: list[str] | 
 def write_demo_session(
     path: str | Path,
     n_tetrodes: int = 8,
-    epoch_durations: tuple[float, float, float] = (120.0, 30.0, 90.0),
+    epoch_durations: tuple[float, float, float] = (120.0, 30.0, 60.0),
     trial_duration: float = 30.0,
+    raw_tetrodes: int = 4,
     seed: int = 0,
 ) -> Path:
     """Write a realistic demo session (simulated) as an NWB file, atomically.
@@ -211,6 +268,11 @@ def write_demo_session(
     ``trial_duration`` within the run epochs (``epoch0_block1_trial1``, ...); raw two-LED
     positions at 30 Hz with tracking dropouts and glitches; one tetrode per electrode
     group with its clusterless spikes (4-channel amplitudes).
+
+    ``raw_tetrodes`` more tetrodes (named after the others) have no spikes in the file,
+    only their raw signal at 30 kHz during the last epoch (``e-raw`` in acquisition),
+    from which the pipeline extracts their features; the last channel of the last of
+    them is noisy and marked bad.
     """
     from hdmf.backends.hdf5.h5_utils import H5DataIO
     from pynwb import NWBHDF5IO, NWBFile
@@ -225,7 +287,7 @@ def write_demo_session(
         raise FileNotFoundError(f"Cannot write the demo session to {path}: folder {path.parent} does not exist.")
     rng = np.random.default_rng(seed + 1000)
     total = float(sum(epoch_durations))
-    session = simulate_open_field(duration=total, n_tetrodes=n_tetrodes, seed=seed)
+    session = simulate_open_field(duration=total, n_tetrodes=n_tetrodes + raw_tetrodes, seed=seed)
 
     nwb = NWBFile(
         session_description="Demo session: a simulated rat foraging in a 1 m open field, tetrodes in CA1.",
@@ -241,7 +303,9 @@ def write_demo_session(
     nwb.subject = Subject(
         subject_id="demo_rat", species="Rattus norvegicus", sex="M", age="P120D", description="Simulated Long-Evans rat"
     )
-    device = nwb.create_device(name="tetrode_drive", description="Simulated 8-tetrode microdrive", manufacturer="none")
+    device = nwb.create_device(
+        name="tetrode_drive", description=f"Simulated {n_tetrodes + raw_tetrodes}-tetrode microdrive", manufacturer="none"
+    )
 
     start = 0.0
     names = ["00_r1", "01_s1", "02_r2"]
@@ -259,7 +323,8 @@ def write_demo_session(
 
     nwb.add_electrode_column(name="bad_channel", description="channel marked bad by the experimenter")
     groups = []
-    for t in range(n_tetrodes):
+    bad_electrode = 4 * (n_tetrodes + raw_tetrodes) - 1 if raw_tetrodes else None
+    for t in range(n_tetrodes + raw_tetrodes):
         group = nwb.create_electrode_group(
             name=f"tetrode_{t:02d}", description=f"tetrode {t}", location="CA1", device=device
         )
@@ -267,7 +332,7 @@ def write_demo_session(
         for c in range(4):
             nwb.add_electrode(
                 group=group, location="CA1", x=float(t), y=float(c), z=0.0, filtering="none",
-                bad_channel=False, rel_x=float(c) * 10.0, rel_y=0.0,
+                bad_channel=4 * t + c == bad_electrode, rel_x=float(c) * 10.0, rel_y=0.0,
             )  # fmt: skip
 
     # raw LEDs at a camera's ~30 Hz
@@ -302,7 +367,7 @@ def write_demo_session(
     behavior.add(position)
 
     clusterless = nwb.create_processing_module(name="ecephys", description="thresholded spikes and their amplitudes")
-    for t, (times, marks) in enumerate(zip(session.spike_times, session.spike_waveform_features)):
+    for t, (times, marks) in enumerate(zip(session.spike_times[:n_tetrodes], session.spike_waveform_features[:n_tetrodes])):
         region = nwb.create_electrode_table_region(list(range(4 * t, 4 * t + 4)), f"channels of tetrode {t}")
         clusterless.add(
             FeatureExtraction(
@@ -314,7 +379,45 @@ def write_demo_session(
             )
         )
 
+    if raw_tetrodes:
+        _add_raw_recording(nwb, session, n_tetrodes, raw_tetrodes, sum(epoch_durations[:-1]), epoch_durations[-1], seed)
+
     with atomic_write(path, suffix=".tmp.nwb") as tmp:
         with NWBHDF5IO(str(tmp), mode="w") as io:
             io.write(nwb)
     return path
+
+
+def _add_raw_recording(nwb, session, first: int, count: int, start: float, duration: float, seed: int) -> None:
+    """Raw signals of tetrodes ``first``..``first + count - 1`` over [start, start + duration)."""
+    from hdmf.backends.hdf5.h5_utils import H5DataIO
+    from pynwb.ecephys import ElectricalSeries
+
+    from .decoder.simulate import RAW_UV_PER_BIT, simulate_raw_recording
+
+    tetrodes = range(first, first + count)
+    raw = simulate_raw_recording(
+        [session.spike_times[t] for t in tetrodes], [session.spike_waveform_features[t] for t in tetrodes],
+        start_time=start, duration=duration, seed=seed + 2000,
+    )  # fmt: skip
+    data = raw.data
+    # a channel with mains hum and a loose contact: why an experimenter marks it bad
+    rng = np.random.default_rng(seed + 3000)
+    t = np.arange(data.shape[0]) / raw.sampling_rate
+    hum = 400.0 * np.sin(2 * np.pi * 60.0 * t) + rng.normal(0.0, 150.0, t.size)
+    data[:, -1] = np.clip(data[:, -1] + hum / RAW_UV_PER_BIT, -32768, 32767).astype(np.int16)
+    region = nwb.create_electrode_table_region(
+        list(range(4 * first, 4 * (first + count))), "channels recorded raw (tetrodes without spikes in the file)"
+    )
+    nwb.add_acquisition(
+        ElectricalSeries(
+            name="e-raw",
+            description="raw broadband signal from the headstage",
+            data=H5DataIO(data, chunks=(int(raw.sampling_rate), data.shape[1]), compression="gzip", compression_opts=1),
+            electrodes=region,
+            starting_time=start,
+            rate=raw.sampling_rate,
+            conversion=RAW_UV_PER_BIT * 1e-6,
+            filtering="none (broadband, 0.1 Hz - 7.5 kHz headstage)",
+        )
+    )

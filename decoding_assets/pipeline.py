@@ -23,8 +23,9 @@ from catalog import Catalog, CatalogError, file_checksum
 
 from . import __version__
 from .decoder import load_results, save_results
-from .nwb import read_raw_position, read_session_info, read_waveform_features
+from .nwb import WaveformFeatures, open_raw_recording, read_raw_position, read_session_info, read_waveform_features
 from .position import load_position, process_position, save_position, upsample_position_group
+from .waveforms import check_features_params, extract_waveform_features, load_features, save_features
 
 DEFAULT_CONFIG = Path(__file__).with_name("decoding_configs.yaml")
 
@@ -61,7 +62,10 @@ def load_config(path: str | Path | None = None) -> dict:
     path = Path(path or os.environ.get("DECODING_ASSETS_CONFIG") or DEFAULT_CONFIG)
     with open(path) as f:
         config = yaml.safe_load(f) or {}
-    known = {"decoding_params", "position_params", "waveform_features_groups", "position_groups", "decodings"}
+    known = {
+        "waveform_features_params", "decoding_params", "position_params", "waveform_features_groups", "position_groups",
+        "decodings",
+    }  # fmt: skip
     unknown = set(config) - known
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}.")
@@ -132,24 +136,121 @@ def ensure_parameter_sets(catalog: Catalog, config: dict) -> dict[str, list[str]
         catalog.insert_position_params(name, check_position_params(params or {}))
     for name, params in (config.get("decoding_params") or {}).items():
         catalog.insert_decoding_params(name, params or {})
+    for name, params in (config.get("waveform_features_params") or {}).items():
+        try:
+            catalog.insert_features_params(name, check_features_params(params))
+        except ValueError as error:
+            raise CatalogError(f"waveform_features_params {name!r}: {error}") from None
     return {
+        "waveform_features_params": sorted(config.get("waveform_features_params") or {}),
         "position_params": sorted(config.get("position_params") or {}),
         "decoding_params": sorted(config.get("decoding_params") or {}),
     }
 
 
-def ensure_features_groups(catalog: Catalog, nwb_file_name: str, config: dict) -> list[str]:
-    names = []
+def extract_session_features(
+    catalog: Catalog,
+    nwb_file_name: str,
+    features_param_name: str,
+    n_workers: int | None = None,
+    chunk_duration_s: float = 2.0,
+) -> list[dict]:
+    """Extract a named features set from the session's raw recording, for every
+    electrode group recorded raw whose features the NWB file does not already hold;
+    one file per group, all registered in one transaction.
+
+    Returns one row per electrode group: what was done and, when something was unusual
+    (no raw recording, every channel bad, no spikes), a message saying so.
+    """
+    started = clock.perf_counter()
+    session = catalog.fetch_session(nwb_file_name)
+    params = catalog.fetch_features_params(features_param_name)
+    if "raw_series_name" not in params:  # a set known only from NWB files
+        return [{"electrode_group_name": None, "status": "skipped",
+                 "message": f"{features_param_name!r} has no extraction parameters; its features come from NWB files."}]  # fmt: skip
+    info = read_session_info(session["nwb_path"])
+    if not info["raw_series"]:
+        return [{"electrode_group_name": None, "status": "skipped",
+                 "message": f"Session {nwb_file_name} has no raw ElectricalSeries; nothing to extract."}]  # fmt: skip
+    from_nwb = set(
+        catalog.waveform_features(nwb_file_name).query("source == 'nwb' and features_param_name == @features_param_name")[
+            "electrode_group_name"
+        ]
+    )
+    report, rows = [], []
+    with open_raw_recording(session["nwb_path"], params["raw_series_name"]) as recording:
+        groups = sorted(set(np.asarray(recording.group_names).astype(str)))
+        for group in sorted(from_nwb & set(groups)):
+            report.append({"electrode_group_name": group, "status": "from NWB file",
+                           "message": f"The NWB file holds {features_param_name!r} features for {group}; they are used."})  # fmt: skip
+        todo = [g for g in groups if g not in from_nwb]
+        where = f"session {nwb_file_name}"
+        try:
+            extracted = extract_waveform_features(
+                recording, params, todo, chunk_duration_s=chunk_duration_s, n_workers=n_workers
+            )
+        except ValueError as error:
+            raise CatalogError(f"{where}, waveform features {features_param_name!r}: {error}") from None
+    seconds = clock.perf_counter() - started
+    for features in extracted:
+        row = {"electrode_group_name": features.electrode_group_name, "n_spikes": int(features.times.size),
+               "n_channels": len(features.electrode_ids), "bad_electrode_ids": features.bad_electrode_ids,
+               "message": features.message}  # fmt: skip
+        if not features.electrode_ids:
+            report.append({**row, "status": "skipped"})
+            continue
+        path = catalog.features_output_path(nwb_file_name, features.electrode_group_name, features_param_name)
+        attrs = {"nwb_file_name": nwb_file_name, "features_param_name": features_param_name, "params": params,
+                 "raw_series_name": recording.name, "code_version": __version__}  # fmt: skip
+        save_features(features, path, attrs)
+        rows.append({"electrode_group_name": features.electrode_group_name, "path": path, "raw_series_name": recording.name,
+                     "n_spikes": features.times.size, "electrode_ids": features.electrode_ids,
+                     "bad_electrode_ids": features.bad_electrode_ids, "code_version": __version__,
+                     "run_seconds": seconds})  # fmt: skip
+        report.append({**row, "status": "extracted", "path": str(path)})
+    catalog.register_extracted_features(nwb_file_name, features_param_name, rows)
+    return report
+
+
+def read_features_group(catalog: Catalog, nwb_file_name: str, waveform_features_group_name: str) -> list[WaveformFeatures]:
+    """Spike times and features of each electrode group of a waveform features group,
+    from the NWB file or from the files extracted from its raw recording."""
+    group = catalog.fetch_features_group(nwb_file_name, waveform_features_group_name)
+    in_nwb = group[group["path"].isna()]
+    nwb_path = catalog.fetch_session(nwb_file_name)["nwb_path"]
+    found = {f.electrode_group_name: f for f in read_waveform_features(nwb_path, in_nwb["electrode_group_name"].tolist())}
+    out = []
+    for row in group.itertuples():
+        if isinstance(row.path, str):
+            times, features = load_features(row.path)
+            found[row.electrode_group_name] = WaveformFeatures(row.electrode_group_name, row.features_param_name, times, features)
+        out.append(found[row.electrode_group_name])
+    return out
+
+
+def ensure_features_groups(catalog: Catalog, nwb_file_name: str, config: dict) -> dict[str, str]:
+    """Create the configuration's waveform features groups for a session. An entry with
+    ``source: raw`` (or ``nwb``) takes only the electrode groups whose features came
+    from the raw recording (or the NWB file); a session with none is skipped. Returns
+    {group name: "created" or why it was skipped}."""
+    done = {}
     for name, entry in (config.get("waveform_features_groups") or {}).items():
         entry = entry or {}
-        catalog.create_features_group(
-            nwb_file_name,
-            name,
-            electrode_group_names=entry.get("electrode_group_names"),
-            features_param_name=entry.get("features_param_name", "amplitude"),
-        )
-        names.append(name)
-    return names
+        features_param_name = entry.get("features_param_name", "amplitude")
+        members = entry.get("electrode_group_names")
+        source = entry.get("source")
+        if source is not None:
+            if source not in ("raw", "nwb"):
+                raise CatalogError(f"Waveform features group {name!r}: source must be 'raw' or 'nwb'; got {source!r}.")
+            table = catalog.waveform_features(nwb_file_name).query("features_param_name == @features_param_name")
+            matching = table["source"].str.startswith("raw") if source == "raw" else table["source"] == "nwb"
+            members = [m for m in table.loc[matching, "electrode_group_name"] if members is None or m in members]
+            if not members:
+                done[name] = f"skipped: no {features_param_name!r} features from the {source} data"
+                continue
+        catalog.create_features_group(nwb_file_name, name, electrode_group_names=members, features_param_name=features_param_name)
+        done[name] = "created"
+    return done
 
 
 def ensure_position_groups(catalog: Catalog, nwb_file_name: str, config: dict) -> list[str]:
@@ -231,7 +332,7 @@ def load_decoding_inputs(catalog: Catalog, merge_id: str) -> DecodingInputs:
     nwb_file_name = selection["nwb_file_name"]
     session = catalog.fetch_session(nwb_file_name)
     group = catalog.fetch_features_group(nwb_file_name, selection["waveform_features_group_name"])
-    features = read_waveform_features(session["nwb_path"], group["electrode_group_name"].tolist())
+    features = read_features_group(catalog, nwb_file_name, selection["waveform_features_group_name"])
     position_group = catalog.fetch_position_group(nwb_file_name, selection["position_group_name"])
     members = position_group["members"]
     position = upsample_position_group([load_position(p) for p in members["path"]], position_group["upsample_rate"])

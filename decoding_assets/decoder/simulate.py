@@ -252,3 +252,80 @@ def _templates(n_units: int, rng) -> np.ndarray:
     channel_distance = np.abs(np.arange(N_CHANNELS)[np.newaxis] - nearest[:, np.newaxis])
     falloff = rng.uniform(0.35, 0.8, (n_units, 1)) ** channel_distance
     return peak[:, np.newaxis] * falloff * rng.uniform(0.85, 1.15, (n_units, N_CHANNELS))
+
+
+# ---------------------------------------------------------------------- raw recordings
+
+RAW_UV_PER_BIT = 0.195  # an Intan headstage's resolution
+
+
+@dataclass
+class RawSimulation:
+    """A simulated raw recording of tetrodes, stored as a headstage would store it.
+
+    data : (n_samples, 4 * n_tetrodes) int16, ``RAW_UV_PER_BIT`` µV per unit;
+    spike_samples[e] : (n_e,) the sample of each spike's trough on tetrode e;
+    spike_amplitudes[e] : (n_e, 4) µV, the trough depth on each channel (negative) as
+        it appears after a 300-6000 Hz band-pass, noise excluded.
+    """
+
+    data: np.ndarray
+    sampling_rate: float
+    start_time: float
+    spike_samples: list[np.ndarray]
+    spike_amplitudes: list[np.ndarray]
+
+    @property
+    def uv(self) -> np.ndarray:
+        return self.data.astype(np.float32) * RAW_UV_PER_BIT
+
+
+def spike_waveform(sampling_rate: float) -> tuple[np.ndarray, int]:
+    """An extracellular spike's shape (trough -1 at sample ``center``): a sharp trough
+    followed by a slower positive repolarization, 1.6 ms long."""
+    t = (np.arange(int(round(1.6e-3 * sampling_rate))) - int(round(0.4e-3 * sampling_rate))) / sampling_rate
+    shape = -np.exp(-0.5 * (t / 1.2e-4) ** 2) + 0.3 * np.exp(-0.5 * ((t - 4.5e-4) / 2.5e-4) ** 2)
+    center = int(np.argmin(shape))
+    return shape / -shape[center], center
+
+
+def simulate_raw_recording(
+    spike_times: list[np.ndarray],
+    spike_amplitudes: list[np.ndarray],
+    start_time: float,
+    duration: float,
+    sampling_rate: float = 30_000.0,
+    noise_uv: float = 12.0,
+    seed: int = 0,
+) -> RawSimulation:
+    """Raw tetrode signals over [start_time, start_time + duration): each spike (its
+    positive 4-channel mark in µV giving the trough depth per channel) as a realistic
+    waveform, in white noise of ``noise_uv`` rms (about 0.6 of it passes a 300-6000 Hz
+    band-pass) plus a theta-band LFP and a slow drift shared by a tetrode's channels."""
+    from scipy import signal
+
+    rng = np.random.default_rng(seed)
+    n = int(round(duration * sampling_rate))
+    shape, center = spike_waveform(sampling_rate)
+    # the band-pass shrinks the trough a little; this is the factor
+    sos = signal.butter(5, [300.0, 6000.0], btype="bandpass", fs=sampling_rate, output="sos")
+    padded = np.concatenate([np.zeros(200), shape, np.zeros(200)])
+    gain = -signal.sosfiltfilt(sos, padded).min()
+    t = np.arange(n) / sampling_rate
+    uv = np.empty((n, N_CHANNELS * len(spike_times)), dtype=np.float32)
+    samples_out, amplitudes_out = [], []
+    for e, (times, marks) in enumerate(zip(spike_times, spike_amplitudes)):
+        lfp = 150.0 * np.sin(2 * np.pi * rng.uniform(7.0, 9.0) * t + rng.uniform(0, 2 * np.pi))
+        lfp += 80.0 * np.sin(2 * np.pi * 0.5 * t + rng.uniform(0, 2 * np.pi))
+        block = rng.normal(0.0, noise_uv, (n, N_CHANNELS)) + lfp[:, np.newaxis]
+        samples = np.round((np.asarray(times) - start_time) * sampling_rate).astype(np.int64)
+        inside = (samples >= center) & (samples < n - (shape.size - center))
+        samples, marks = samples[inside], np.asarray(marks)[inside]
+        rows = (samples - center)[:, np.newaxis] + np.arange(shape.size)[np.newaxis]
+        for c in range(N_CHANNELS):
+            np.add.at(block[:, c], rows.ravel(), (marks[:, c : c + 1] * shape[np.newaxis]).ravel())
+        uv[:, N_CHANNELS * e : N_CHANNELS * (e + 1)] = block
+        samples_out.append(samples)
+        amplitudes_out.append(-gain * marks)
+    data = np.clip(np.round(uv / RAW_UV_PER_BIT), -32768, 32767).astype(np.int16)
+    return RawSimulation(data, sampling_rate, start_time, samples_out, amplitudes_out)

@@ -9,6 +9,6 @@ from .resources import CatalogResource
 
 @dg.asset(group_name="parameters", kinds={"duckdb"})
 def parameter_sets(catalog: CatalogResource) -> dg.MaterializeResult:
-    """Decoding and position parameter sets of the configuration file, by name."""
+    """Waveform features, position and decoding parameter sets of the configuration file, by name."""
     stored = pipeline.ensure_parameter_sets(catalog.get(), pipeline.load_config())
     return dg.MaterializeResult(metadata={k: ", ".join(v) or "none" for k, v in stored.items()})

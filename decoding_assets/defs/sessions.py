@@ -9,6 +9,7 @@ import dagster as dg
 
 from decoding_assets import pipeline
 from decoding_assets.nwb import read_waveform_features
+from decoding_assets.waveforms import load_features
 
 from .parameters import parameter_sets
 from .partitions import decoding_intervals_partitions, sessions_partitions
@@ -48,15 +49,21 @@ def interval_lists(context: dg.AssetExecutionContext, catalog: CatalogResource) 
     )
 
 
-@dg.asset(partitions_def=sessions_partitions, group_name="sessions", deps=[nwb_sessions], kinds={"nwb"})
+@dg.asset(
+    partitions_def=sessions_partitions, group_name="sessions", deps=[nwb_sessions, parameter_sets], kinds={"nwb", "netcdf"}
+)
 def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
-    """Per electrode group: spike times and amplitude features, checked against the
-    catalog (counts, finite values, time order). Groups with no spikes or one channel
-    are reported, not dropped."""
+    """Per electrode group: spike times and their amplitude on each channel.
+
+    Features stored in the NWB file are checked against the catalog (counts, finite
+    values, time order). For every waveform features parameter set of the configuration,
+    electrode groups recorded raw are band-passed, thresholded and measured from the raw
+    ElectricalSeries, one netCDF file per group, registered with their lineage. Groups
+    with no spikes, one channel or bad channels are reported, not dropped."""
     cat = catalog.get()
     nwb_file_name = context.partition_key
-    recorded = cat.waveform_features(nwb_file_name)
-    features = read_waveform_features(cat.fetch_session(nwb_file_name)["nwb_path"], recorded["electrode_group_name"].tolist())
+    recorded = cat.waveform_features(nwb_file_name).query("source == 'nwb'")
+    features = read_waveform_features(cat.fetch_session(nwb_file_name)["nwb_path"], recorded["electrode_group_name"].tolist()) if len(recorded) else []
     rows = []
     for row, f in zip(recorded.itertuples(), features):
         if f.times.size != row.n_spikes or not np.all(np.isfinite(f.features)) or np.any(np.diff(f.times) < 0):
@@ -66,11 +73,26 @@ def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResourc
             )
         if f.times.size == 0:
             context.log.warning(f"{nwb_file_name}: electrode group {f.electrode_group_name} has no spikes.")
-        rows.append(
-            {"electrode_group_name": f.electrode_group_name, "n_spikes": f.times.size, "n_channels": f.features.shape[1],
-             "median_peak_uV": float(np.median(f.features.max(axis=1))) if f.times.size else float("nan")}
-        )  # fmt: skip
+        rows.append(_features_row(f.electrode_group_name, f.features_param_name, "nwb", f.features))
+    for name in sorted(pipeline.load_config().get("waveform_features_params") or {}):
+        for item in pipeline.extract_session_features(cat, nwb_file_name, name):
+            if item.get("message"):
+                context.log.warning(f"{nwb_file_name}, {name}: {item['message']}")
+            if item["status"] == "extracted":
+                times, marks = load_features(item["path"])
+                rows.append(_features_row(item["electrode_group_name"], name, "raw", marks))
     return dg.MaterializeResult(metadata={"electrode_groups": _table(pd.DataFrame(rows)), "n_electrode_groups": len(rows)})
+
+
+def _features_row(group: str, features_param_name: str, source: str, marks: np.ndarray) -> dict:
+    return {
+        "electrode_group_name": group,
+        "features_param_name": features_param_name,
+        "source": source,
+        "n_spikes": marks.shape[0],
+        "n_channels": marks.shape[1],
+        "median_peak_uV": float(np.median(np.abs(marks).max(axis=1))) if marks.size else float("nan"),
+    }
 
 
 @dg.asset(
@@ -92,8 +114,13 @@ def position(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.
 @dg.asset(partitions_def=sessions_partitions, group_name="groups", deps=[waveform_features], kinds={"duckdb"})
 def waveform_features_groups(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
     """The waveform features groups of the configuration for this session."""
-    names = pipeline.ensure_features_groups(catalog.get(), context.partition_key, pipeline.load_config())
-    return dg.MaterializeResult(metadata={"waveform_features_group_names": ", ".join(names)})
+    done = pipeline.ensure_features_groups(catalog.get(), context.partition_key, pipeline.load_config())
+    for name, status in done.items():
+        if status != "created":
+            context.log.info(f"{context.partition_key}: waveform features group {name} {status}.")
+    return dg.MaterializeResult(
+        metadata={"waveform_features_groups": _table(pd.DataFrame({"name": list(done), "status": list(done.values())}))}
+    )
 
 
 @dg.asset(partitions_def=sessions_partitions, group_name="groups", deps=[position], kinds={"duckdb"})
