@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from decoding_assets.nwb import NWBReadError, read_raw_position, read_session_info, read_waveform_features
+from decoding_assets.nwb import NWBReadError, open_raw_recording, read_raw_position, read_session_info, read_waveform_features
 
 
 def test_demo_session_passes_nwbinspector(small_nwb):
@@ -26,7 +26,15 @@ def test_layout_is_read_back(small_nwb):
     np.testing.assert_allclose(intervals["02_r2"][0], [[70.0, 110.0]])
     valid = intervals["pos 0 valid times"][0]
     assert valid.shape[1] == 2 and valid.shape[0] >= 2  # tracking gaps split it
-    assert [g[:2] for g in info["electrode_groups"]] == [(f"tetrode_{i:02d}", 4) for i in range(4)]
+    # 4 tetrodes with spikes in the file, 4 recorded raw during the last epoch
+    assert [g[:2] for g in info["electrode_groups"]] == [(f"tetrode_{i:02d}", 4) for i in range(8)]
+    assert [f[0] for f in info["waveform_features"]] == [f"tetrode_{i:02d}" for i in range(4)]
+    assert info["raw_series"] == ["e-raw"]
+    with open_raw_recording(small_nwb) as recording:
+        assert recording.sampling_rate == 30_000.0 and recording.n_samples == 40 * 30_000
+        assert recording.times(0, 2)[0] == 70.0 and list(recording.bad).count(True) == 1
+        signal = recording.read_uv(0, 30_000, np.arange(16))
+        assert 100 < np.std(signal) < 300  # µV: noise, LFP and spikes, not stored units
     raw = read_raw_position(small_nwb)
     assert 25 < 1 / np.median(np.diff(raw.time)) < 35  # a camera's rate
     tracked = ~np.isnan(raw.front[:, 0])

@@ -1,9 +1,12 @@
 """The catalog API on a real DuckDB file and real NWB files."""
 
+import json
 import multiprocessing as mp
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from catalog import Catalog, CatalogError, check_name
@@ -216,3 +219,59 @@ class TestBadInput:
             f.write(b"\0")
         with pytest.raises(CatalogError, match="already registered .* with different content"):
             catalog.register_session(copy)
+
+
+def test_features_extracted_from_the_raw_recording(catalog, small_nwb, tmp_path):
+    name = pipeline.register_session(catalog, small_nwb)
+    config = pipeline.load_config()
+    pipeline.ensure_parameter_sets(catalog, config)
+    assert catalog.fetch_features_params("amplitude")["threshold_uv"] == 100.0  # the NWB placeholder got parameters
+    before = catalog.waveform_features(name)
+    report = {r["electrode_group_name"]: r for r in pipeline.extract_session_features(catalog, name, "amplitude")}
+    # the small demo records tetrodes 04-07 raw; the last channel of tetrode_07 is marked bad
+    assert sorted(report) == ["tetrode_04", "tetrode_05", "tetrode_06", "tetrode_07"]
+    assert all(r["status"] == "extracted" for r in report.values())
+    assert report["tetrode_07"]["n_channels"] == 3 and report["tetrode_07"]["bad_electrode_ids"] == [31]
+    extracted = catalog.extracted_features(name)
+    assert set(extracted["source"]) == {"raw:e-raw"} and (extracted["n_spikes"] > 100).all()
+    assert list(extracted["electrode_ids"].iloc[3]) == [28, 29, 30]
+    assert extracted["params"].map(lambda p: json.loads(p)["filter_band_hz"]).tolist() == [[300.0, 6000.0]] * 4
+    # the NWB file's own features are untouched and stay the ones used for their groups
+    pd.testing.assert_frame_equal(catalog.waveform_features(name).query("source == 'nwb'").reset_index(drop=True), before)
+    with pytest.raises(CatalogError, match="tetrode_00: the NWB file already holds 'amplitude' features"):
+        catalog.register_extracted_features(name, "amplitude", [{**extracted.iloc[0].to_dict(), "electrode_group_name": "tetrode_00"}])
+
+    groups = pipeline.ensure_features_groups(catalog, name, config)
+    assert groups == {"all_tetrodes": "created", "raw_tetrodes": "created"}
+    assert len(catalog.fetch_features_group(name, "all_tetrodes")) == 8
+    features = pipeline.read_features_group(catalog, name, "raw_tetrodes")
+    assert [f.electrode_group_name for f in features] == ["tetrode_04", "tetrode_05", "tetrode_06", "tetrode_07"]
+    for f in features:  # raw during the last epoch, 70-110 s; troughs are negative
+        assert f.times.min() >= 70.0 and f.times.max() < 110.0 and np.all(np.diff(f.times) > 0)
+        assert np.all(f.features.min(axis=1) <= -100.0)
+
+    # extracting again writes new files; the old ones become orphans that cleanup removes
+    old = set(extracted["path"])
+    pipeline.extract_session_features(catalog, name, "amplitude")
+    new = set(catalog.extracted_features(name)["path"])
+    assert not old & new and all(Path(p).exists() for p in new)
+    removed = catalog.cleanup(dry_run=False, min_age_s=0)
+    assert {str(p) for p in removed} == old
+
+    # a parameter set naming a series the file lacks fails before anything is written
+    catalog.insert_features_params("lfp_amplitude", {**catalog.fetch_features_params("amplitude"), "raw_series_name": "lfp"})
+    with pytest.raises(NWBReadError, match="no raw ElectricalSeries 'lfp'"):
+        pipeline.extract_session_features(catalog, name, "lfp_amplitude")
+    assert catalog.extracted_features(name).query("features_param_name == 'lfp_amplitude'").empty
+
+
+def test_a_session_without_raw_recording_has_nothing_to_extract(catalog, tmp_path):
+    from decoding_assets.nwb import write_demo_session
+
+    path = write_demo_session(tmp_path / "no_raw.nwb", n_tetrodes=2, epoch_durations=(20.0, 5.0, 20.0), raw_tetrodes=0)
+    name = pipeline.register_session(catalog, path)
+    config = pipeline.load_config()
+    pipeline.ensure_parameter_sets(catalog, config)
+    (row,) = pipeline.extract_session_features(catalog, name, "amplitude")
+    assert row["status"] == "skipped" and "has no raw ElectricalSeries" in row["message"]
+    assert pipeline.ensure_features_groups(catalog, name, config)["raw_tetrodes"].startswith("skipped")

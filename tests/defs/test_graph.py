@@ -19,10 +19,12 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in repository.asset_graph.get_all_asset_keys()}
     assert keys == {
         "parameter_sets", "nwb_sessions", "interval_lists", "waveform_features", "position",
-        "waveform_features_groups", "position_groups", "decoding/contfrag_trials",
+        "waveform_features_groups", "position_groups", "decoding/contfrag_trials", "decoding/contfrag_raw_tetrodes",
     }  # fmt: skip
     assert {s.name for s in repository.sensor_defs} == {"new_nwb_files"}
-    assert {s.name for s in repository.schedule_defs} == {"decode_contfrag_trials_missing"}
+    assert {s.name for s in repository.schedule_defs} == {
+        "decode_contfrag_trials_missing", "decode_contfrag_raw_tetrodes_missing",
+    }  # fmt: skip
 
 
 def test_decoding_step_is_a_gpu_step():
@@ -36,8 +38,9 @@ def test_decoding_step_is_a_gpu_step():
 
 
 def test_whole_graph_for_the_demo_session(demo_home):
-    home, outputs = demo_home
+    home, all_outputs = demo_home
     catalog = Catalog(home / "catalog.duckdb")
+    outputs = [o for o in all_outputs if o["waveform_features_group_name"] == "all_tetrodes"]
     # 3 trials in the first run epoch and 2 in the second
     assert sorted(o["decoding_interval"] for o in outputs) == [
         "epoch0_block1_trial1", "epoch0_block1_trial2", "epoch0_block1_trial3",
@@ -82,6 +85,29 @@ def test_whole_graph_for_the_demo_session(demo_home):
     assert set(lineage["input_kind"]) == {"session", "waveform_features", "position", "decoding_params", "code"}
 
 
+def test_the_demo_decodes_from_the_raw_recording(demo_home):
+    home, all_outputs = demo_home
+    catalog = Catalog(home / "catalog.duckdb")
+    raw = [o for o in all_outputs if o["waveform_features_group_name"] == "raw_tetrodes"]
+    assert sorted(o["decoding_interval"] for o in raw) == ["epoch2_block1_trial1", "epoch2_block1_trial2"]
+    # 4 tetrodes extracted from 40 s of raw signal, encoded on those 40 s: measured 9-13 cm
+    assert all(o["median_decoding_error_cm"] < 25.0 for o in raw)
+    extracted = catalog.extracted_features("demo.nwb")
+    spikes = catalog.fetch_spike_data(raw[0]["merge_id"])
+    assert [t.size for t in spikes[0]] == extracted["n_spikes"].tolist()
+    assert [f.shape[1] for f in spikes[1]] == [4, 4, 4, 3]  # one channel marked bad
+    # lineage reaches the extracted files through their checksums
+    lineage = catalog.lineage(raw[0]["merge_id"]).query("input_kind == 'waveform_features'")
+    assert sorted(lineage["input_version"]) == sorted(extracted["content_hash"])
+    # the asset's metadata lists every group, from the file and from the raw recording
+    import os
+
+    instance = dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"])
+    record = instance.fetch_materializations(dg.AssetKey("waveform_features"), limit=1).records[0]
+    table = record.asset_materialization.metadata["electrode_groups"].value
+    assert table.count("| raw ") == 4 and table.count("| nwb ") == 4
+
+
 def test_missing_decodes_schedule(demo_home):
     home, outputs = demo_home
     resource = CatalogResource(catalog_path=str(home / "catalog.duckdb"), output_dir=str(home / "outputs"))
@@ -99,7 +125,9 @@ def test_sensor_registers_a_new_file(tmp_path, monkeypatch):
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     monkeypatch.setenv("DECODING_ASSETS_WATCH_DIR", str(incoming))
-    write_demo_session(incoming / "new_session.nwb", n_tetrodes=2, epoch_durations=(20.0, 5.0, 20.0), trial_duration=10.0)
+    write_demo_session(
+        incoming / "new_session.nwb", n_tetrodes=2, epoch_durations=(20.0, 5.0, 20.0), trial_duration=10.0, raw_tetrodes=1
+    )
     (incoming / "broken.nwb").write_bytes(b"not an hdf5 file")
     resource = CatalogResource(catalog_path=str(tmp_path / "catalog.duckdb"))
     with dg.DagsterInstance.ephemeral() as instance:
