@@ -154,7 +154,7 @@ class _GroupPlan:
     columns: np.ndarray  # good channels, columns of the recording
     electrode_ids: list[int]
     bad_electrode_ids: list[int]
-    rows: np.ndarray = None  # their rows in each chunk's block
+    rows: np.ndarray | None = None  # their rows in each chunk's block
     times: list = field(default_factory=list)
     features: list = field(default_factory=list)
     n_artifact_samples: int = 0
@@ -238,7 +238,8 @@ def extract_waveform_features(
     plans, results = _plan_groups(recording, electrode_group_names, where)
     reference_column = _reference_column(recording, params, where)
     active = [p for p in plans if p.columns.size]
-    columns = np.unique(np.concatenate([p.columns for p in active] + [np.atleast_1d(reference_column or [])]).astype(int))
+    needed = [p.columns for p in active] + ([np.array([reference_column])] if reference_column is not None else [])
+    columns = np.unique(np.concatenate(needed)).astype(int) if needed else np.zeros(0, int)
     for plan in active:
         plan.rows = np.searchsorted(columns, plan.columns)
     reference_row = None if reference_column is None else int(np.searchsorted(columns, reference_column))
