@@ -361,8 +361,9 @@ class Catalog:
         replacing an earlier extraction with the same parameter set.
 
         Each row: electrode_group_name, path, raw_series_name, n_spikes, electrode_ids,
-        bad_electrode_ids, code_version, run_seconds. The parameters are those stored
-        under ``features_param_name``; the file's checksum becomes its version.
+        bad_electrode_ids, code_version, run_seconds, content_hash (the features'
+        version, which decodes record). The parameters are those stored under
+        ``features_param_name``.
         """
         params = self.fetch_features_params(features_param_name)
         known = set(self.query(
@@ -374,9 +375,11 @@ class Catalog:
             if group not in known:
                 raise CatalogError(f"Session {nwb_file_name} has no electrode group {group!r}.")
             path = Path(row["path"]).resolve()
-            prepared.append((row, group, path, file_checksum(path)))
+            if not path.is_file():
+                raise CatalogError(f"Session {nwb_file_name}, electrode group {group}: no features file at {path}.")
+            prepared.append((row, group, path))
         with self.transaction() as con:
-            for row, group, path, checksum in prepared:
+            for row, group, path in prepared:
                 source = con.execute(
                     "SELECT source FROM waveform_features WHERE nwb_file_name = ? AND electrode_group_name = ? "
                     "AND features_param_name = ?",
@@ -392,7 +395,7 @@ class Catalog:
                     "n_spikes = excluded.n_spikes, n_features = excluded.n_features, source = excluded.source, "
                     "content_hash = excluded.content_hash",
                     [nwb_file_name, group, features_param_name, int(row["n_spikes"]), len(row["electrode_ids"]),
-                     f"raw:{row['raw_series_name']}", checksum],
+                     f"raw:{row['raw_series_name']}", row["content_hash"]],
                 )  # fmt: skip
                 con.execute(
                     "INSERT INTO waveform_features_files (nwb_file_name, electrode_group_name, features_param_name, "

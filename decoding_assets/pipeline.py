@@ -184,13 +184,12 @@ def extract_session_features(
             report.append({"electrode_group_name": group, "status": "from NWB file",
                            "message": f"The NWB file holds {features_param_name!r} features for {group}; they are used."})  # fmt: skip
         todo = [g for g in groups if g not in from_nwb]
-        where = f"session {nwb_file_name}"
         try:
             extracted = extract_waveform_features(
                 recording, params, todo, chunk_duration_s=chunk_duration_s, n_workers=n_workers
             )
         except ValueError as error:
-            raise CatalogError(f"{where}, waveform features {features_param_name!r}: {error}") from None
+            raise CatalogError(f"Session {nwb_file_name}, waveform features {features_param_name!r}: {error}") from None
     seconds = clock.perf_counter() - started
     for features in extracted:
         row = {"electrode_group_name": features.electrode_group_name, "n_spikes": int(features.times.size),
@@ -206,10 +205,20 @@ def extract_session_features(
         rows.append({"electrode_group_name": features.electrode_group_name, "path": path, "raw_series_name": recording.name,
                      "n_spikes": features.times.size, "electrode_ids": features.electrode_ids,
                      "bad_electrode_ids": features.bad_electrode_ids, "code_version": __version__,
-                     "run_seconds": seconds})  # fmt: skip
+                     "run_seconds": seconds, "content_hash": _features_version(features, params)})  # fmt: skip
         report.append({**row, "status": "extracted", "path": str(path)})
     catalog.register_extracted_features(nwb_file_name, features_param_name, rows)
     return report
+
+
+def _features_version(features, params: dict) -> str:
+    """A version of extracted features that depends on their values and parameters
+    only, so extracting the same recording again keeps the version decodes recorded."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps({"params": params, "electrode_ids": features.electrode_ids}, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(features.times, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(features.features, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def read_features_group(catalog: Catalog, nwb_file_name: str, waveform_features_group_name: str) -> list[WaveformFeatures]:

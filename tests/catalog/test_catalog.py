@@ -250,11 +250,14 @@ def test_features_extracted_from_the_raw_recording(catalog, small_nwb, tmp_path)
         assert f.times.min() >= 70.0 and f.times.max() < 110.0 and np.all(np.diff(f.times) > 0)
         assert np.all(f.features.min(axis=1) <= -100.0)
 
-    # extracting again writes new files; the old ones become orphans that cleanup removes
+    # extracting again writes new files with the same version (the same values); the
+    # old files become orphans that cleanup removes
     old = set(extracted["path"])
     pipeline.extract_session_features(catalog, name, "amplitude")
-    new = set(catalog.extracted_features(name)["path"])
+    again = catalog.extracted_features(name)
+    new = set(again["path"])
     assert not old & new and all(Path(p).exists() for p in new)
+    assert again["content_hash"].tolist() == extracted["content_hash"].tolist()
     removed = catalog.cleanup(dry_run=False, min_age_s=0)
     assert {str(p) for p in removed} == old
 
