@@ -18,7 +18,6 @@ import os
 import time
 
 import numpy as np
-
 from decode_once import peak_rss_mib
 
 CHANNELS_PER_TETRODE = 4

@@ -77,12 +77,13 @@ def write_inputs(scenario: str, path: Path, seed: int) -> dict:
     }
 
 
-def ensure_reference_venv(venv: Path) -> Path:
+def ensure_venv(venv: Path, requirements: list[str]) -> Path:
+    """The Python of a separate virtual environment, made with ``requirements`` on first use."""
     python = venv / "bin" / "python"
     if not python.exists():
-        print(f"creating the reference environment in {venv} ...", file=sys.stderr)
+        print(f"creating {venv} with {' '.join(requirements)} ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *REFERENCE_REQUIREMENTS, "psutil"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
     return python
 
 
@@ -144,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
 
     scenarios = [s for s in SCENARIOS if s != "smoke"] if args.scenario == "all" else [args.scenario]
-    reference_python = None if args.skip_reference else ensure_reference_venv(args.reference_venv)
+    reference_python = None if args.skip_reference else ensure_venv(args.reference_venv, [*REFERENCE_REQUIREMENTS, "psutil"])
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
     rows = []

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from run_benchmarks import ensure_venv
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = {  # name: (tetrodes, seconds)
@@ -69,15 +70,6 @@ def write_recording(scenario: str, folder: Path, seed: int = 0) -> tuple[Path, P
     np.savez(truth, **{f"samples_{t}": s for t, s in enumerate(raw.spike_samples)},
              **{f"amplitude_{t}": a.min(axis=1) for t, a in enumerate(raw.spike_amplitudes)})  # fmt: skip
     return path, truth
-
-
-def ensure_si_venv(venv: Path) -> Path:
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating the spikeinterface environment in {venv} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *SI_REQUIREMENTS], check=True)
-    return python
 
 
 def run_once(python: str, impl: str, nwb: Path, output: Path) -> dict:
@@ -132,7 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--si-venv", type=Path, default=HERE / ".venv-spikeinterface")
     args = parser.parse_args()
-    si_python = ensure_si_venv(args.si_venv)
+    si_python = ensure_venv(args.si_venv, SI_REQUIREMENTS)
     rows = []
     for scenario in args.scenario or ["tetrodes_16", "tetrodes_32"]:
         n_tetrodes, seconds = SCENARIOS[scenario]

@@ -382,9 +382,8 @@ def write_demo_session(
     if raw_tetrodes:
         _add_raw_recording(nwb, session, n_tetrodes, raw_tetrodes, sum(epoch_durations[:-1]), epoch_durations[-1], seed)
 
-    with atomic_write(path, suffix=".tmp.nwb") as tmp:
-        with NWBHDF5IO(str(tmp), mode="w") as io:
-            io.write(nwb)
+    with atomic_write(path, suffix=".tmp.nwb") as tmp, NWBHDF5IO(str(tmp), mode="w") as io:
+        io.write(nwb)
     return path
 
 

@@ -33,6 +33,7 @@ import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,7 @@ def settling_samples(sos: np.ndarray, tolerance: float = _SETTLING_TOLERANCE) ->
     """Samples for the filter's slowest pole to decay below ``tolerance``: the overlap a
     chunk needs for its core to be filtered as the whole recording would be."""
     radius = max(np.abs(np.roots(section[3:])).max() for section in sos)
-    return int(math.ceil(math.log(tolerance) / math.log(radius)))
+    return math.ceil(math.log(tolerance) / math.log(radius))
 
 
 def detect_spikes(
@@ -214,7 +215,7 @@ def detect_spikes(
 
 
 def _samples(ms: float, sampling_rate: float) -> int:
-    return int(round(float(ms) * 1e-3 * sampling_rate))
+    return round(float(ms) * 1e-3 * sampling_rate)
 
 
 def extract_waveform_features(
@@ -269,7 +270,8 @@ def extract_waveform_features(
             block = recording.read_uv(lo, hi, columns)
             times = recording.times(start, stop)
             core = (start - lo, stop - lo)
-            for plan, (samples, features, n_artifact) in zip(active, pool.map(lambda p: process(p, block, core), active)):
+            found = pool.map(process, active, repeat(block), repeat(core))
+            for plan, (samples, features, n_artifact) in zip(active, found):
                 plan.times.append(times[samples - core[0]])
                 plan.features.append(features)
                 plan.n_artifact_samples += n_artifact

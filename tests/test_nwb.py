@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from decoding_assets.nwb import NWBReadError, open_raw_recording, read_raw_position, read_session_info, read_waveform_features
+from decoding_assets.nwb import (
+    NWBReadError,
+    open_raw_recording,
+    read_raw_position,
+    read_session_info,
+    read_waveform_features,
+)
 
 
 def test_demo_session_passes_nwbinspector(small_nwb):

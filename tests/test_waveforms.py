@@ -115,7 +115,10 @@ def test_referencing_removes_shared_noise(simulated):
     data = np.round(data + bursts[:, None] / RAW_UV_PER_BIT).astype(np.int16)
     plain = extract_waveform_features(recording(simulated, data), {"reference": "none"})[0]
     median = extract_waveform_features(recording(simulated, data), {"reference": "median"})[0]
-    in_bursts = lambda g: np.sum(np.abs(bursts[np.round(g.times * FS).astype(int)]) > 0)  # noqa: E731
+
+    def in_bursts(g):
+        return np.sum(np.abs(bursts[np.round(g.times * FS).astype(int)]) > 0)
+
     assert in_bursts(plain) > 100
     assert in_bursts(median) < 0.1 * in_bursts(plain)
     # one electrode as the reference: it reads zero, the others lose the shared noise
@@ -134,13 +137,16 @@ def test_artifacts_are_excluded_with_a_window(simulated):
     params = {"artifact_threshold_uv": 1000.0, "artifact_window_ms": 2.0}
     kept = extract_waveform_features(recording(simulated, data), {})[0]
     excluded = extract_waveform_features(recording(simulated, data), params)[0]
-    distance = lambda g: nearest(np.round(g.times * FS), artifact_samples.astype(float))[1]  # noqa: E731
+
+    def distance(g):
+        return nearest(np.round(g.times * FS), artifact_samples.astype(float))[1]
+
     assert np.sum(distance(kept) <= 60) >= artifact_samples.size  # each artifact is detected without exclusion
     # none within the window (ringing of the zero-phase filter reaches a little further)
     assert np.all(distance(excluded) > 45)
     assert excluded.n_artifact_samples >= artifact_samples.size * 60
-    far = lambda g: g.times[distance(g) > 100]  # noqa: E731
-    np.testing.assert_array_equal(far(kept), far(excluded))  # nothing changes away from artifacts
+    # nothing changes away from artifacts
+    np.testing.assert_array_equal(kept.times[distance(kept) > 100], excluded.times[distance(excluded) > 100])
 
 
 def test_bad_parameters_are_clear_errors(simulated):
@@ -186,6 +192,5 @@ def test_nwb_raw_series_in_microvolts(tmp_path):
         np.testing.assert_allclose(raw.times(1, 3), [10.5, 11.0])
         assert raw.sampling_rate == pytest.approx(2.0)
         assert list(raw.bad) == [False, True] and list(raw.group_names) == ["tetrode_a", "tetrode_a"]
-    with pytest.raises(NWBReadError, match="no raw ElectricalSeries 'lfp'"):
-        with open_raw_recording(path, "lfp"):
-            pass
+    with pytest.raises(NWBReadError, match="no raw ElectricalSeries 'lfp'"), open_raw_recording(path, "lfp"):
+        pass

@@ -2,10 +2,9 @@
 and the groups decodes draw on. Partitioned by session (``nwb_file_name``)."""
 
 
+import dagster as dg
 import numpy as np
 import pandas as pd
-
-import dagster as dg
 
 from decoding_assets import pipeline
 from decoding_assets.nwb import read_waveform_features
@@ -79,7 +78,7 @@ def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResourc
             if item.get("message"):
                 context.log.warning(f"{nwb_file_name}, {name}: {item['message']}")
             if item["status"] == "extracted":
-                times, marks = load_features(item["path"])
+                _, marks = load_features(item["path"])
                 rows.append(_features_row(item["electrode_group_name"], name, "raw", marks))
     return dg.MaterializeResult(metadata={"electrode_groups": _table(pd.DataFrame(rows)), "n_electrode_groups": len(rows)})
 
