@@ -225,16 +225,17 @@ def read_features_group(catalog: Catalog, nwb_file_name: str, waveform_features_
     """Spike times and features of each electrode group of a waveform features group,
     from the NWB file or from the files extracted from its raw recording."""
     group = catalog.fetch_features_group(nwb_file_name, waveform_features_group_name)
-    in_nwb = group[group["path"].isna()]
-    nwb_path = catalog.fetch_session(nwb_file_name)["nwb_path"]
-    found = {f.electrode_group_name: f for f in read_waveform_features(nwb_path, in_nwb["electrode_group_name"].tolist())}
-    out = []
-    for row in group.itertuples():
-        if isinstance(row.path, str):
-            times, features = load_features(row.path)
-            found[row.electrode_group_name] = WaveformFeatures(row.electrode_group_name, row.features_param_name, times, features)
-        out.append(found[row.electrode_group_name])
-    return out
+    names_in_nwb = group.loc[group["path"].isna(), "electrode_group_name"].tolist()
+    in_nwb = {}
+    if names_in_nwb:  # a session recorded only raw has no features in its NWB file
+        nwb_path = catalog.fetch_session(nwb_file_name)["nwb_path"]
+        in_nwb = {f.electrode_group_name: f for f in read_waveform_features(nwb_path, names_in_nwb)}
+    return [
+        in_nwb[row.electrode_group_name]
+        if not isinstance(row.path, str)
+        else WaveformFeatures(row.electrode_group_name, row.features_param_name, *load_features(row.path))
+        for row in group.itertuples()
+    ]
 
 
 def ensure_features_groups(catalog: Catalog, nwb_file_name: str, config: dict) -> dict[str, str]:

@@ -278,3 +278,18 @@ def test_a_session_without_raw_recording_has_nothing_to_extract(catalog, tmp_pat
     (row,) = pipeline.extract_session_features(catalog, name, "amplitude")
     assert row["status"] == "skipped" and "has no raw ElectricalSeries" in row["message"]
     assert pipeline.ensure_features_groups(catalog, name, config)["raw_tetrodes"].startswith("skipped")
+
+
+def test_a_session_recorded_only_raw(catalog, tmp_path):
+    from decoding_assets.nwb import write_demo_session
+
+    path = write_demo_session(tmp_path / "raw_only.nwb", n_tetrodes=0, epoch_durations=(20.0, 5.0, 20.0), raw_tetrodes=2)
+    name = pipeline.register_session(catalog, path)
+    config = pipeline.load_config()
+    pipeline.ensure_parameter_sets(catalog, config)
+    report = pipeline.extract_session_features(catalog, name, "amplitude")
+    assert [r["status"] for r in report] == ["extracted", "extracted"]
+    assert pipeline.ensure_features_groups(catalog, name, config)["all_tetrodes"] == "created"
+    features = pipeline.read_features_group(catalog, name, "all_tetrodes")
+    assert [f.times.size for f in features] == [r["n_spikes"] for r in report]
+    assert all(f.times.size > 20 for f in features)
