@@ -267,17 +267,9 @@ class Catalog:
         """Store how a named set of features is extracted from raw recordings. A name
         first seen on features found in an NWB file gets these parameters; the file's
         own features stay in use for its groups."""
-        with self.transaction() as con:
-            existing = con.execute(
-                "SELECT params FROM waveform_features_params WHERE features_param_name = ?", [features_param_name]
-            ).fetchone()
-            if existing is not None and json.loads(existing[0]) == NWB_FEATURES_PARAMS:
-                con.execute(
-                    "UPDATE waveform_features_params SET params = ? WHERE features_param_name = ?",
-                    [json.dumps(params, sort_keys=True), features_param_name],
-                )
-                return
-        self._insert_named_params("waveform_features_params", "features_param_name", features_param_name, params)
+        self._insert_named_params(
+            "waveform_features_params", "features_param_name", features_param_name, params, replaceable=NWB_FEATURES_PARAMS
+        )
 
     def fetch_features_params(self, features_param_name: str) -> dict:
         return self._fetch_named_params("waveform_features_params", "features_param_name", features_param_name)
@@ -552,12 +544,17 @@ class Catalog:
     def decoding_params(self) -> pd.DataFrame:
         return self.query("SELECT * FROM decoding_params ORDER BY decoding_param_name")
 
-    def _insert_named_params(self, table: str, key: str, name: str, params: dict) -> None:
+    def _insert_named_params(self, table: str, key: str, name: str, params: dict, replaceable: dict | None = None) -> None:
+        """Store named parameters; the same again is a no-op, others under the name an
+        error, unless what is stored equals ``replaceable`` (a placeholder)."""
         check_name(key, name)
         text = json.dumps(params, sort_keys=True)
         with self.transaction() as con:
             # table and key come from this module, never from users
             existing = con.execute(f"SELECT params FROM {table} WHERE {key} = ?", [name]).fetchone()
+            if existing is not None and replaceable is not None and json.loads(existing[0]) == replaceable:
+                con.execute(f"UPDATE {table} SET params = ? WHERE {key} = ?", [text, name])
+                return
             if existing is not None:
                 if json.loads(existing[0]) != json.loads(text):
                     raise CatalogError(

@@ -33,6 +33,10 @@ class NWBReadError(ValueError):
     """The NWB file cannot be read or lacks what the pipeline needs."""
 
 
+class NoRawRecordingError(NWBReadError):
+    """The NWB file has no raw ElectricalSeries at all."""
+
+
 @dataclass
 class RawPosition:
     """Camera LED positions: time (n,) s; front, back (n, 2) cm (NaN when lost)."""
@@ -136,6 +140,8 @@ def open_raw_recording(path: str | Path, series_name: str | None = None):
     with io:
         available = _raw_series(nwb)
         name = Path(path).name
+        if not available:
+            raise NoRawRecordingError(f"NWB file {name} has no raw ElectricalSeries in acquisition.")
         if series_name is None:
             if len(available) != 1:
                 raise NWBReadError(

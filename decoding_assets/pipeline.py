@@ -7,6 +7,7 @@ decode (one decoding selection, written to netCDF and registered with its lineag
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -23,9 +24,16 @@ from catalog import Catalog, CatalogError, file_checksum
 
 from . import __version__
 from .decoder import load_results, save_results
-from .nwb import WaveformFeatures, open_raw_recording, read_raw_position, read_session_info, read_waveform_features
+from .nwb import (
+    NoRawRecordingError,
+    WaveformFeatures,
+    open_raw_recording,
+    read_raw_position,
+    read_session_info,
+    read_waveform_features,
+)
 from .position import load_position, process_position, save_position, upsample_position_group
-from .waveforms import check_features_params, extract_waveform_features, load_features, save_features
+from .waveforms import check_features_params, extract_waveform_features, load_features, median_peak_uv, save_features
 
 DEFAULT_CONFIG = Path(__file__).with_name("decoding_configs.yaml")
 
@@ -168,17 +176,18 @@ def extract_session_features(
     if "raw_series_name" not in params:  # a set known only from NWB files
         return [{"electrode_group_name": None, "status": "skipped",
                  "message": f"{features_param_name!r} has no extraction parameters; its features come from NWB files."}]  # fmt: skip
-    info = read_session_info(session["nwb_path"])
-    if not info["raw_series"]:
-        return [{"electrode_group_name": None, "status": "skipped",
-                 "message": f"Session {nwb_file_name} has no raw ElectricalSeries; nothing to extract."}]  # fmt: skip
     from_nwb = set(
         catalog.waveform_features(nwb_file_name).query("source == 'nwb' and features_param_name == @features_param_name")[
             "electrode_group_name"
         ]
     )
     report, rows = [], []
-    with open_raw_recording(session["nwb_path"], params["raw_series_name"]) as recording:
+    with contextlib.ExitStack() as stack:
+        try:
+            recording = stack.enter_context(open_raw_recording(session["nwb_path"], params["raw_series_name"]))
+        except NoRawRecordingError:
+            return [{"electrode_group_name": None, "status": "skipped",
+                     "message": f"Session {nwb_file_name} has no raw ElectricalSeries; nothing to extract."}]  # fmt: skip
         groups = sorted(set(np.asarray(recording.group_names).astype(str)))
         for group in sorted(from_nwb & set(groups)):
             report.append({"electrode_group_name": group, "status": "from NWB file",
@@ -206,7 +215,7 @@ def extract_session_features(
                      "n_spikes": features.times.size, "electrode_ids": features.electrode_ids,
                      "bad_electrode_ids": features.bad_electrode_ids, "code_version": __version__,
                      "run_seconds": seconds, "content_hash": _features_version(features, params)})  # fmt: skip
-        report.append({**row, "status": "extracted", "path": str(path)})
+        report.append({**row, "status": "extracted", "path": str(path), "median_peak_uv": median_peak_uv(features.features)})
     catalog.register_extracted_features(nwb_file_name, features_param_name, rows)
     return report
 

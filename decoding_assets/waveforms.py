@@ -214,6 +214,11 @@ def detect_spikes(
     return candidates, y[:, candidates].T.astype(np.float32), n_artifact
 
 
+def median_peak_uv(features: np.ndarray) -> float:
+    """The median over spikes of the largest |amplitude| across channels (NaN without spikes)."""
+    return float(np.median(np.abs(features).max(axis=1))) if features.size else float("nan")
+
+
 def _samples(ms: float, sampling_rate: float) -> int:
     return round(float(ms) * 1e-3 * sampling_rate)
 
@@ -247,7 +252,7 @@ def extract_waveform_features(
     margin = settling_samples(sos) + _samples(params["exclusion_window_ms"], fs) + _samples(params["artifact_window_ms"], fs) + 1
     chunk = max(1, int(chunk_duration_s * fs))
     n = recording.n_samples
-    starts = range(0, n, chunk)
+    starts = range(0, n, chunk) if active else range(0)
     if progress:
         from tqdm.auto import tqdm
 
@@ -263,8 +268,6 @@ def extract_waveform_features(
 
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         for start in starts:
-            if not active:
-                break
             stop = min(n, start + chunk)
             lo, hi = max(0, start - margin), min(n, stop + margin)
             block = recording.read_uv(lo, hi, columns)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from decoding_assets import pipeline
 from decoding_assets.nwb import read_waveform_features
-from decoding_assets.waveforms import load_features
+from decoding_assets.waveforms import median_peak_uv
 
 from .parameters import parameter_sets
 from .partitions import decoding_intervals_partitions, sessions_partitions
@@ -72,26 +72,22 @@ def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResourc
             )
         if f.times.size == 0:
             context.log.warning(f"{nwb_file_name}: electrode group {f.electrode_group_name} has no spikes.")
-        rows.append(_features_row(f.electrode_group_name, f.features_param_name, "nwb", f.features))
+        rows.append(
+            {"electrode_group_name": f.electrode_group_name, "features_param_name": f.features_param_name,
+             "source": "nwb", "n_spikes": f.times.size, "n_channels": f.features.shape[1],
+             "median_peak_uV": median_peak_uv(f.features)}
+        )  # fmt: skip
     for name in sorted(pipeline.load_config().get("waveform_features_params") or {}):
         for item in pipeline.extract_session_features(cat, nwb_file_name, name):
             if item.get("message"):
                 context.log.warning(f"{nwb_file_name}, {name}: {item['message']}")
             if item["status"] == "extracted":
-                _, marks = load_features(item["path"])
-                rows.append(_features_row(item["electrode_group_name"], name, "raw", marks))
+                rows.append(
+                    {"electrode_group_name": item["electrode_group_name"], "features_param_name": name, "source": "raw",
+                     "n_spikes": item["n_spikes"], "n_channels": item["n_channels"],
+                     "median_peak_uV": item["median_peak_uv"]}
+                )  # fmt: skip
     return dg.MaterializeResult(metadata={"electrode_groups": _table(pd.DataFrame(rows)), "n_electrode_groups": len(rows)})
-
-
-def _features_row(group: str, features_param_name: str, source: str, marks: np.ndarray) -> dict:
-    return {
-        "electrode_group_name": group,
-        "features_param_name": features_param_name,
-        "source": source,
-        "n_spikes": marks.shape[0],
-        "n_channels": marks.shape[1],
-        "median_peak_uV": float(np.median(np.abs(marks).max(axis=1))) if marks.size else float("nan"),
-    }
 
 
 @dg.asset(
