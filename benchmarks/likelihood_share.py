@@ -14,8 +14,8 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from decoding_assets.decoder import ContFragClusterlessClassifier  # noqa: E402
-from decoding_assets.decoder.simulate import simulate_w_track  # noqa: E402
+from decoding_assets.decoder import ContFragClusterlessClassifier
+from decoding_assets.decoder.simulate import simulate_w_track
 
 
 def median_seconds(call, repeats: int = 3) -> float:
