@@ -160,6 +160,7 @@ class Catalog:
         session_description: str | None = None,
         session_start_time: str | None = None,
         interval_lists: dict[str, tuple[np.ndarray, str]] | None = None,
+        epochs: Sequence[dict] = (),
         electrode_groups: Sequence[tuple[str, int, str | None]] = (),
         waveform_features: Sequence[dict] = (),
     ) -> str:
@@ -167,7 +168,9 @@ class Catalog:
         features, all in one transaction; returns its ``nwb_file_name``.
 
         Idempotent for the same content; a changed file under a registered name is an
-        error. ``interval_lists``: {name: (valid_times (n, 2), source)};
+        error. ``interval_lists``: {name: (valid_times (n, 2), source)}; ``epochs``:
+        dicts with interval_list_name (an interval list of source "epoch"), epoch,
+        task_name, task_environment, camera_id, epoch_kind ("run", "sleep" or None);
         ``electrode_groups``: [(name, n_channels, location)]; ``waveform_features``:
         dicts with electrode_group_name, features_param_name, n_spikes, n_features,
         source, content_hash.
@@ -186,6 +189,10 @@ class Catalog:
             intervals.append([nwb_file_name, name, valid_times.tolist(), source])
         for name, _, _ in electrode_groups:
             check_name("electrode_group_name", name)
+        epoch_names = {name for name, (_, source) in (interval_lists or {}).items() if source == "epoch"}
+        for row in epochs:
+            if row["interval_list_name"] not in epoch_names:
+                raise CatalogError(f"Session {nwb_file_name}: task epoch {row['interval_list_name']!r} is not an epoch.")
         for row in waveform_features:
             check_name("features_param_name", row["features_param_name"])
         with self.transaction() as con:
@@ -210,6 +217,12 @@ class Catalog:
                     "VALUES (?, ?, ?, ?)",
                     interval,
                 )
+            for row in epochs:
+                con.execute(
+                    "INSERT INTO task_epochs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [nwb_file_name, row["interval_list_name"], row["epoch"], row["task_name"], row["task_environment"],
+                     row["camera_id"], row["epoch_kind"]],
+                )  # fmt: skip
             for name, n_channels, location in electrode_groups:
                 con.execute(
                     "INSERT INTO electrode_groups VALUES (?, ?, ?, ?)", [nwb_file_name, name, int(n_channels), location]
@@ -245,6 +258,16 @@ class Catalog:
             "SELECT interval_list_name, source, len(valid_times) AS n_intervals, "
             "valid_times[1][1] AS start_time, valid_times[-1][2] AS stop_time "
             "FROM interval_lists WHERE nwb_file_name = ? ORDER BY start_time, interval_list_name",
+            [nwb_file_name],
+        )
+
+    def epochs(self, nwb_file_name: str) -> pd.DataFrame:
+        """The session's epochs in time order: interval_list_name, epoch, task_name,
+        task_environment, camera_id, epoch_kind ("run", "sleep" or None), start, stop."""
+        return self.query(
+            "SELECT e.*, i.valid_times[1][1] AS start_time, i.valid_times[-1][2] AS stop_time FROM task_epochs e "
+            "JOIN interval_lists i USING (nwb_file_name, interval_list_name) WHERE nwb_file_name = ? "
+            "ORDER BY start_time, interval_list_name",
             [nwb_file_name],
         )
 

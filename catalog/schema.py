@@ -31,6 +31,20 @@ TABLES = [
         source VARCHAR NOT NULL,
         PRIMARY KEY (nwb_file_name, interval_list_name)
     )""",
+    # what each epoch was: the task (from the NWB file's tasks table) and whether it is a
+    # run or a sleep epoch (from the task, else the tag's NN_rK / NN_sK; NULL: unknown)
+    """
+    CREATE TABLE IF NOT EXISTS task_epochs (
+        nwb_file_name VARCHAR NOT NULL,
+        interval_list_name VARCHAR NOT NULL,
+        epoch INTEGER,
+        task_name VARCHAR,
+        task_environment VARCHAR,
+        camera_id INTEGER,
+        epoch_kind VARCHAR CHECK (epoch_kind IN ('run', 'sleep')),
+        PRIMARY KEY (nwb_file_name, interval_list_name),
+        FOREIGN KEY (nwb_file_name, interval_list_name) REFERENCES interval_lists (nwb_file_name, interval_list_name)
+    )""",
     """
     CREATE TABLE IF NOT EXISTS electrode_groups (
         nwb_file_name VARCHAR NOT NULL REFERENCES sessions (nwb_file_name),

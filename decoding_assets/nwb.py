@@ -1,23 +1,30 @@
 """Reading sessions from NWB files, and writing the built-in demo session.
 
-The layout read (README, "NWB layout"):
+Two families of layout are read (README, "NWB layouts read"):
 
-- ``epochs`` with one tag per epoch naming it (e.g. ``00_r1``): interval lists;
-- ``trials`` with a ``trial_name`` column (e.g. ``epoch0_block1_trial1``): interval lists;
-- electrode groups and the electrodes table (one row per channel);
-- ``processing/behavior/Position``: one ``SpatialSeries`` per camera LED
-  (``led_front``/``led_back``, or the first two in name order), (n, 2), in the
-  series' unit with its conversion to metres;
-- ``processing/ecephys``: one ``FeatureExtraction`` per electrode group, named after
-  the group: spike ``times`` and ``features`` (n_spikes, n_channels, 1) = the amplitude
-  on each channel, in µV; its ``description`` names the waveform features parameter set
-  (e.g. ``amplitude``).
+- the labs' converter (``trodes-to-nwb``): ``processing/behavior/position`` with one
+  ``SpatialSeries`` per LED per epoch (``led_{j}_series_{k}``, camera pixels with
+  metres per pixel as ``conversion``, a lost LED stored as (0, 0)); ``intervals/epochs``
+  tagged ``01_s1``, ``02_r1``, ...; ``processing/tasks`` saying which task (and so
+  sleep or run) each epoch is; the raw ``acquisition/e-series`` with explicit Unix
+  timestamps, every epoch concatenated with the gaps between them; the electrodes
+  columns ``bad_channel`` and ``ref_elect_id``;
+- our own (the demo): one ``Position`` with ``led_front``/``led_back`` (or a single
+  already processed series), ``trials`` with a ``trial_name`` column, and
+  ``processing/ecephys`` with one ``FeatureExtraction`` per electrode group (spike
+  ``times`` and ``features`` (n_spikes, n_channels, 1), µV; its ``description`` names
+  the waveform features parameter set).
+
+Where a file's position series could be read more than one way, reading stops and
+names the series found and the configuration key that settles it (``position_series``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,13 @@ from .files import atomic_write
 from .waveforms import RawRecording
 
 LED_NAMES = ("led_front", "led_back")
+# one SpatialSeries per LED per epoch, as the labs' converter names them
+_LAB_LED_SERIES = re.compile(r"^(led_\d+)_series_(\d+)$")
+# words in a task's name or environment that make its epochs sleep (rest) epochs
+SLEEP_WORDS = ("sleep", "rest", "home")
+# sampling rates of acquisition systems; a rate measured from timestamps snaps to one
+NOMINAL_RATES_HZ = (1000.0, 1500.0, 2000.0, 2500.0, 20000.0, 24414.0625, 25000.0, 30000.0, 32000.0, 40000.0, 48000.0)
+_TIMESTAMP_BLOCK = 1 << 22
 
 
 class NWBReadError(ValueError):
@@ -37,13 +51,34 @@ class NoRawRecordingError(NWBReadError):
     """The NWB file has no raw ElectricalSeries at all."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RawPosition:
-    """Camera LED positions: time (n,) s; front, back (n, 2) cm (NaN when lost)."""
+    """One camera's LED positions over one stretch of the recording (an epoch, or the
+    whole session): time (n,) s; front (n, 2) cm, NaN where the LED was lost; back
+    (n, 2) cm, or None on a one-LED rig (no orientation then). ``name`` says which
+    series it came from."""
 
     time: np.ndarray
     front: np.ndarray
-    back: np.ndarray
+    back: np.ndarray | None = None
+    name: str = "position"
+
+    @property
+    def n_leds(self) -> int:
+        return 1 if self.back is None else 2
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    """One epoch: its interval list name (the tag), number, task and kind
+    ("run", "sleep", or None when neither the tasks table nor the tag says)."""
+
+    interval_list_name: str
+    epoch: int | None
+    task_name: str | None
+    task_environment: str | None
+    camera_id: int | None
+    epoch_kind: str | None
 
 
 @dataclass
@@ -63,8 +98,11 @@ def _open(path: str | Path):
     if not path.is_file():
         raise NWBReadError(f"No NWB file at {path}.")
     try:
-        io = NWBHDF5IO(str(path), mode="r", load_namespaces=True)
-        return io, io.read()
+        with warnings.catch_warnings():
+            # the labs' extensions predate NWB 2.9's DeviceModel; hdmf warns on every open
+            warnings.filterwarnings("ignore", message=".*(Schema conflict|DeviceModel).*", category=UserWarning)
+            io = NWBHDF5IO(str(path), mode="r", load_namespaces=True)
+            return io, io.read()
     except Exception as error:  # h5py / hdmf raise many kinds for a broken file
         raise NWBReadError(
             f"Cannot read NWB file {path.name}: {type(error).__name__}: {error}. "
@@ -72,50 +110,132 @@ def _open(path: str | Path):
         ) from None
 
 
-def read_session_info(path: str | Path) -> dict:
-    """Subject, description, start time, interval lists, electrode groups and the
-    waveform features available, without loading spike data."""
+def read_session_info(path: str | Path, led_names: dict | None = None) -> dict:
+    """Subject, description, start time, interval lists, epochs (task and kind),
+    electrode groups and the waveform features available, without loading spike data.
+
+    Interval lists, named as the labs' pipeline names them: one per epoch (its tag),
+    one per trial (``trial_name``), ``pos {k} valid times`` per position series
+    (stretches of camera frames without a pause), and ``raw data valid times`` (the
+    raw recording's contiguous stretches) when the file has one raw series.
+    ``led_names``: the ``position_series`` mapping for this session, if any."""
     io, nwb = _open(path)
+    name = Path(path).name
     with io:
         intervals: dict[str, tuple[np.ndarray, str]] = {}
-        if nwb.epochs is not None and len(nwb.epochs):
-            epochs = nwb.epochs.to_dataframe()
-            for _, row in epochs.iterrows():
-                for tag in row["tags"]:
-                    times = np.array([[row["start_time"], row["stop_time"]]])
-                    if tag in intervals:
-                        times = np.vstack([intervals[tag][0], times])
-                    intervals[tag] = (times, "epoch")
+        epochs = _epochs(nwb, name)
+        for epoch_name, times in epochs.items():
+            intervals[epoch_name] = (times, "epoch")
         if nwb.trials is not None and len(nwb.trials) and "trial_name" in nwb.trials.colnames:
             trials = nwb.trials.to_dataframe()
             for _, row in trials.iterrows():
                 intervals[str(row["trial_name"])] = (np.array([[row["start_time"], row["stop_time"]]]), "trial")
         groups = []
         electrodes = nwb.electrodes.to_dataframe() if nwb.electrodes is not None else None
-        for name, group in nwb.electrode_groups.items():
-            n_channels = 0 if electrodes is None else int(sum(g.name == name for g in electrodes["group"]))
-            groups.append((name, n_channels, group.location))
+        for group_name, group in nwb.electrode_groups.items():
+            n_channels = 0 if electrodes is None else int(sum(g.name == group_name for g in electrodes["group"]))
+            groups.append((group_name, n_channels, group.location))
         features = []
-        for name, container in _feature_containers(nwb).items():
+        for group_name, container in _feature_containers(nwb).items():
             n_spikes, n_channels = int(len(container.times)), int(container.features.shape[1])
-            features.append((name, _feature_set_name(container), n_spikes, n_channels))
-        raw_series = sorted(_raw_series(nwb))
+            features.append((group_name, _feature_set_name(container), n_spikes, n_channels))
+        raw_series = _raw_series(nwb)
+        if len(raw_series) == 1:
+            series = next(iter(raw_series.values()))
+            if series.timestamps is not None:
+                segments, _ = _segments_and_rate(series.timestamps, name)
+                ts = series.timestamps
+                intervals["raw data valid times"] = (
+                    np.array([[float(ts[a]), float(ts[b - 1])] for a, b in segments]), "raw"
+                )
         has_position = _position_container(nwb) is not None
         if has_position:
-            raw = _raw_position(nwb)
-            tracked = ~np.any(np.isnan(raw.front) | np.isnan(raw.back), axis=1)
-            if tracked.any():
-                intervals["pos 0 valid times"] = (_runs(raw.time, tracked), "position")
+            for k, source in enumerate(_raw_positions(nwb, name, led_names)):
+                intervals[f"pos {k} valid times"] = (_frame_runs(source.time), "position")
         return {
             "subject_id": nwb.subject.subject_id if nwb.subject is not None else None,
             "session_description": nwb.session_description,
             "session_start_time": nwb.session_start_time.isoformat(),
             "intervals": intervals,
+            "epochs": _epoch_infos(nwb, list(epochs), name),
             "electrode_groups": groups,
             "waveform_features": features,
-            "raw_series": raw_series,
+            "raw_series": sorted(raw_series),
             "has_position": has_position,
         }
+
+
+# ---------------------------------------------------------------------- epochs and tasks
+
+
+def _epochs(nwb, name: str) -> dict[str, np.ndarray]:
+    """{tag: (n, 2) [start, stop]} from the epochs table (an epoch with several tags
+    is listed under each)."""
+    out: dict[str, np.ndarray] = {}
+    if nwb.epochs is None or not len(nwb.epochs):
+        return out
+    for _, row in nwb.epochs.to_dataframe().iterrows():
+        for tag in row["tags"]:
+            times = np.array([[row["start_time"], row["stop_time"]]], dtype=float)
+            out[str(tag)] = np.vstack([out[str(tag)], times]) if str(tag) in out else times
+    return out
+
+
+def _epoch_number(tag: str) -> int | None:
+    match = re.match(r"^(\d+)", tag)
+    return int(match.group(1)) if match else None
+
+
+def _kind_from_tag(tag: str) -> str | None:
+    """The labs' convention NN_sK (sleep) / NN_rK (run); other tags say nothing."""
+    match = re.match(r"^\d+_([a-z])\d+$", tag, re.IGNORECASE)
+    return {"s": "sleep", "r": "run"}.get(match.group(1).lower()) if match else None
+
+
+def _kind_from_task(task_name: str, task_environment: str) -> str:
+    text = f"{task_name} {task_environment}".lower()
+    return "sleep" if any(word in text for word in SLEEP_WORDS) else "run"
+
+
+def _tasks(nwb, name: str) -> dict[int, tuple[str, str, int | None]]:
+    """{epoch number: (task_name, task_environment, camera_id)} from processing/tasks."""
+    if "tasks" not in nwb.processing:
+        return {}
+    out = {}
+    for table_name, table in nwb.processing["tasks"].data_interfaces.items():
+        columns = set(getattr(table, "colnames", ()))
+        if not {"task_name", "task_epochs"} <= columns:
+            raise NWBReadError(
+                f"NWB file {name}: processing/tasks/{table_name} has columns {sorted(columns)}; a task table needs "
+                "task_name and task_epochs."
+            )
+        for row in table.to_dataframe().itertuples():
+            environment = str(getattr(row, "task_environment", "") or "")
+            camera = _first_int(getattr(row, "camera_id", None))
+            for epoch in np.atleast_1d(row.task_epochs):
+                out[int(epoch)] = (str(row.task_name), environment, camera)
+    return out
+
+
+def _first_int(value) -> int | None:
+    values = np.atleast_1d(value) if value is not None else []
+    return int(values[0]) if len(values) else None
+
+
+def _epoch_infos(nwb, tags: list[str], name: str) -> list[EpochInfo]:
+    tasks = _tasks(nwb, name)
+    infos = []
+    for tag in tags:
+        number = _epoch_number(tag)
+        task = tasks.get(number) if number is not None else None
+        if task is not None:
+            infos.append(EpochInfo(tag, number, task[0], task[1], task[2], _kind_from_task(task[0], task[1])))
+        else:
+            infos.append(EpochInfo(tag, number, None, None, None, _kind_from_tag(tag)))
+    return infos
+
+
+# ---------------------------------------------------------------------- waveform features and raw ephys
 
 
 def _feature_containers(nwb) -> dict:
@@ -135,7 +255,9 @@ def _raw_series(nwb) -> dict:
 @contextlib.contextmanager
 def open_raw_recording(path: str | Path, series_name: str | None = None):
     """The raw ``ElectricalSeries`` ``series_name`` (default: the file's only one) as a
-    ``RawRecording`` read lazily from the open file."""
+    ``RawRecording`` read lazily from the open file, with its contiguous segments
+    (a recording of several epochs has gaps between them) and its reference electrodes
+    (the electrodes column ``ref_elect_id``, -1 or absent for none)."""
     io, nwb = _open(path)
     with io:
         available = _raw_series(nwb)
@@ -157,28 +279,77 @@ def open_raw_recording(path: str | Path, series_name: str | None = None):
         groups = np.asarray([g.name for g in electrodes["group"][:]])[rows]
         bad = np.zeros(rows.size, dtype=bool)
         if "bad_channel" in electrodes.colnames:
-            bad = np.asarray([str(v).lower() in ("true", "1") for v in electrodes["bad_channel"][:]])[rows]
+            bad = _as_bool(electrodes["bad_channel"][:], f"NWB file {name}, electrodes column bad_channel")[rows]
+        reference_ids = None
+        if "ref_elect_id" in electrodes.colnames:
+            reference_ids = np.asarray(electrodes["ref_elect_id"][:], dtype=int)[rows]
         gain = np.ones(rows.size) if series.channel_conversion is None else np.asarray(series.channel_conversion[:])
         offset = float(getattr(series, "offset", 0.0) or 0.0)
+        if series.rate is not None:
+            rate, segments = float(series.rate), None
+        else:
+            segments, rate = _segments_and_rate(series.timestamps, name)
         yield RawRecording(
             name=series_name,
             data=series.data,
             uv_per_unit=gain * float(series.conversion) * 1e6,
             offset_uv=offset * 1e6,
-            sampling_rate=float(series.rate) if series.rate is not None else _rate(series.timestamps, name),
+            sampling_rate=rate,
             starting_time=float(series.starting_time or 0.0),
             timestamps=series.timestamps,
             electrode_ids=np.asarray(electrodes.id[:])[rows],
             group_names=groups,
             bad=bad,
+            reference_electrode_ids=reference_ids,
+            segments=segments,
         )
 
 
-def _rate(timestamps, name: str) -> float:
-    head = np.asarray(timestamps[: min(len(timestamps), 10_000)], dtype=float)
-    if head.size < 2:
+def _as_bool(values, where: str) -> np.ndarray:
+    """A boolean column that older files store as the strings "True"/"False"."""
+    out = []
+    for value in values:
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if text.strip().lower() in ("true", "1"):
+            out.append(True)
+        elif text.strip().lower() in ("false", "0", ""):
+            out.append(False)
+        else:
+            raise NWBReadError(f"{where}: {value!r} is neither true nor false.")
+    return np.asarray(out, dtype=bool)
+
+
+def _segments_and_rate(timestamps, name: str) -> tuple[list[tuple[int, int]], float]:
+    """The contiguous stretches [start, stop) of a raw series' samples (a pause longer
+    than 1.5 sample periods separates two) and its sampling rate.
+
+    The rate is measured over the longest stretch (its span over its sample count, which
+    float64 Unix timestamps resolve to ~1e-8) and snapped to an acquisition system's
+    nominal rate when within 0.5 % of one. The timestamps are read a block at a time."""
+    n = len(timestamps)
+    if n < 2:
         raise NWBReadError(f"NWB file {name}: the raw series has too few timestamps to know its sampling rate.")
-    return float(1.0 / np.median(np.diff(head)))
+    head = np.asarray(timestamps[: min(n, 10_000)], dtype=float)
+    steps = np.diff(head)
+    if not np.all(steps > 0):
+        raise NWBReadError(f"NWB file {name}: the raw series' timestamps are not increasing; the file is damaged.")
+    rough_period = float(np.median(steps))
+    breaks = []
+    for start in range(0, n - 1, _TIMESTAMP_BLOCK):
+        block = np.asarray(timestamps[start : min(n, start + _TIMESTAMP_BLOCK + 1)], dtype=float)
+        step = np.diff(block)
+        if np.any(step <= 0):
+            raise NWBReadError(f"NWB file {name}: the raw series' timestamps go backwards near sample {start}.")
+        breaks.extend((np.flatnonzero(step > 1.5 * rough_period) + start + 1).tolist())
+    edges = [0, *breaks, n]
+    segments = [(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    a, b = max(segments, key=lambda s: s[1] - s[0])
+    if b - a < 2:
+        return segments, 1.0 / rough_period
+    measured = (b - a - 1) / (float(timestamps[b - 1]) - float(timestamps[a]))
+    nominal = min(NOMINAL_RATES_HZ, key=lambda r: abs(r - measured))
+    rate = nominal if abs(nominal - measured) <= 0.005 * nominal else measured
+    return segments, rate
 
 
 def _feature_set_name(container) -> str:
@@ -186,11 +357,18 @@ def _feature_set_name(container) -> str:
     return str(container.description[0])
 
 
-def _runs(time: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[start, stop] of each run of True samples."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
-    return np.column_stack([time[starts], time[stops]])
+# ---------------------------------------------------------------------- position
+
+
+def _frame_runs(time: np.ndarray) -> np.ndarray:
+    """[start, stop] of each stretch of camera frames with no pause longer than 2.5
+    frame periods (the labs' ``pos {k} valid times``)."""
+    if time.size < 2:
+        return np.array([[time[0], time[0]]]) if time.size else np.zeros((0, 2))
+    step = np.diff(time)
+    breaks = np.flatnonzero(step > 2.5 * np.median(step)) + 1
+    edges = np.concatenate([[0], breaks, [time.size]])
+    return np.column_stack([time[edges[:-1]], time[edges[1:] - 1]])
 
 
 def _position_container(nwb):
@@ -202,31 +380,102 @@ def _position_container(nwb):
     return None
 
 
-def _raw_position(nwb) -> RawPosition:
-    container = _position_container(nwb)
-    series = dict(container.spatial_series)
-    names = list(LED_NAMES) if all(n in series for n in LED_NAMES) else sorted(series)[:2]
-    if len(names) < 2:
-        raise NWBReadError(f"The Position container has {len(series)} spatial series; two LEDs are needed.")
-    front, back = series[names[0]], series[names[1]]
-    time = np.asarray(front.timestamps[:], dtype=float)
-    to_cm = 100.0  # SpatialSeries data times conversion is in metres
-    return RawPosition(
-        time=time,
-        front=np.asarray(front.data[:], dtype=float) * front.conversion * to_cm,
-        back=np.asarray(back.data[:], dtype=float) * back.conversion * to_cm,
+def _led_sources(names: list[str], led_names: dict | None, name: str, where: str) -> list[tuple[str, str | None]]:
+    """Which series are which LED: [(front series, back series or None)], one pair per
+    position source (an epoch's camera, or the whole session).
+
+    ``led_names`` ({"front": ..., "back": ...}, back optional) names series, or LEDs of
+    the per-epoch layout (``led_1`` for ``led_1_series_1``, ``led_1_series_2``, ...)."""
+    if led_names:
+        front, back = led_names.get("front"), led_names.get("back")
+        if not front:
+            raise NWBReadError(f"{where}: the position_series mapping {led_names} has no 'front' series.")
+        per_epoch = sorted(
+            (int(m.group(1)), n) for n in names if (m := re.match(rf"^{re.escape(front)}_series_(\d+)$", n))
+        )
+        if per_epoch:
+            return [(series, f"{back}_series_{k}" if back else None) for k, series in per_epoch]
+        return [(front, back or None)]
+    parsed = [_LAB_LED_SERIES.match(n) for n in names]
+    if names and all(parsed):
+        by_epoch: dict[int, list[tuple[int, str]]] = {}
+        for m in parsed:
+            by_epoch.setdefault(int(m.group(2)), []).append((int(m.group(1)[len("led_"):]), m.group(0)))
+        sources = []
+        for k in sorted(by_epoch):
+            leds = [s for _, s in sorted(by_epoch[k])]
+            if len(leds) > 2:
+                raise NWBReadError(
+                    f"{where} holds {len(leds)} LEDs for position series {k} ({leds}): say which are the front "
+                    f"and back LEDs under position_series in decoding_configs.yaml, e.g.\n"
+                    f"position_series:\n  \"{name}\": {{front: led_0, back: led_1}}"
+                )
+            sources.append((leds[0], leds[1] if len(leds) == 2 else None))
+        return sources
+    if all(n in names for n in LED_NAMES):
+        return [LED_NAMES]
+    if len(names) == 1:
+        return [(names[0], None)]
+    example = f"{{front: {names[0]}, back: {names[1]}}}" if len(names) > 1 else "{front: NAME}"
+    raise NWBReadError(
+        f"{where} holds position series {names}: cannot tell which are the front and back LEDs. Name them "
+        f"under position_series in decoding_configs.yaml (keys are session file names or patterns), e.g.\n"
+        f"position_series:\n  \"{name}\": {example}"
     )
 
 
-def read_raw_position(path: str | Path) -> RawPosition:
+def _led_cm(series, where: str) -> np.ndarray:
+    """LED positions in cm; a frame stored as exactly (0, 0), Trodes' mark of a lost
+    LED, is NaN."""
+    data = np.asarray(series.data[:])
+    if data.ndim != 2 or data.shape[1] < 2:
+        raise NWBReadError(f"{where}: position series {series.name} has shape {data.shape}; expected (frames, 2).")
+    lost = np.all(data[:, :2] == 0, axis=1)
+    cm = data[:, :2].astype(float) * float(series.conversion) * 100.0  # data x conversion is in metres
+    cm[lost] = np.nan
+    return cm
+
+
+def _raw_positions(nwb, name: str, led_names: dict | None) -> list[RawPosition]:
+    container = _position_container(nwb)
+    where = f"NWB file {name}: processing/behavior/{container.name}"
+    series = dict(container.spatial_series)
+    sources = []
+    for front_name, back_name in _led_sources(sorted(series), led_names, name, where):
+        for needed in (front_name, back_name):
+            if needed is not None and needed not in series:
+                raise NWBReadError(f"{where} has no position series {needed!r}; it holds {sorted(series)}.")
+        front = series[front_name]
+        time = np.asarray(front.timestamps[:], dtype=float) if front.timestamps is not None else (
+            float(front.starting_time or 0.0) + np.arange(len(front.data)) / float(front.rate)
+        )  # fmt: skip
+        back = None
+        if back_name is not None:
+            back = _led_cm(series[back_name], where)
+            if back.shape[0] != time.size:
+                raise NWBReadError(
+                    f"{where}: LED series {front_name} and {back_name} have {time.size} and {back.shape[0]} frames; "
+                    "they must be the same camera's frames. Name the right pair under position_series."
+                )
+        sources.append(
+            RawPosition(time=time, front=_led_cm(front, where), back=back,
+                        name=front_name if back_name is None else f"{front_name}, {back_name}")
+        )  # fmt: skip
+    # numbered in time order, as the labs' pipeline numbers "pos {k} valid times"
+    return sorted(sources, key=lambda s: s.time[0] if s.time.size else np.inf)
+
+
+def read_raw_position(path: str | Path, led_names: dict | None = None) -> list[RawPosition]:
+    """Every position source of the file: one per epoch's camera series on lab files,
+    one for the whole session otherwise."""
     io, nwb = _open(path)
     with io:
         if _position_container(nwb) is None:
             raise NWBReadError(
-                f"NWB file {Path(path).name} has no raw position: expected processing/behavior/Position "
-                "with one SpatialSeries per camera LED."
+                f"NWB file {Path(path).name} has no raw position: expected processing/behavior/position (or "
+                "Position) with one SpatialSeries per camera LED."
             )
-        return _raw_position(nwb)
+        return _raw_positions(nwb, Path(path).name, led_names)
 
 
 def read_waveform_features(path: str | Path, electrode_group_names: list[str] | None = None) -> list[WaveformFeatures]:

@@ -26,13 +26,15 @@ from . import __version__
 from .decoder import load_results, save_results
 from .nwb import (
     NoRawRecordingError,
+    NWBReadError,
+    RawPosition,
     WaveformFeatures,
     open_raw_recording,
     read_raw_position,
     read_session_info,
     read_waveform_features,
 )
-from .position import load_position, process_position, save_position, upsample_position_group
+from .position import GROUP_MAX_GAP_S, interpolate_by_time, load_position, process_position, save_position, upsample_position_group
 from .waveforms import check_features_params, extract_waveform_features, load_features, median_peak_uv, save_features
 
 DEFAULT_CONFIG = Path(__file__).with_name("decoding_configs.yaml")
@@ -52,17 +54,39 @@ def enable_compilation_cache(folder: str | Path) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+# rules that choose a session's interval lists, beside globs over their names
+INTERVAL_RULES = ("{run_epochs}", "{sleep_epochs}", "{epochs}", "{trials}")
+# rules that choose the encoding interval from the decoding interval, beside a name
+ENCODING_RULES = ("{epoch}", "{nearest_run_epoch}")
+
+
 @dataclass(frozen=True)
 class DecodingConfig:
-    """One named decoding configuration: a decoding asset in the graph."""
+    """One named decoding configuration: a decoding asset in the graph.
+
+    ``decoding_intervals``: rules tried in order, the first that chooses any of a
+    session's interval lists wins: a glob over names, or {run_epochs}, {sleep_epochs},
+    {epochs}, {trials}. ``encoding_interval``: an interval list name, "{epoch}" (the
+    epoch holding the decoding interval) or "{nearest_run_epoch}" (the run epoch
+    nearest in time, e.g. to decode replay in a sleep epoch)."""
 
     name: str
     waveform_features_group_name: str
     position_group_name: str
     decoding_param_name: str
-    encoding_interval: str  # an interval list name, or "{epoch}": the epoch holding the decoding interval
-    decoding_intervals: str  # glob over interval list names
+    encoding_interval: str
+    decoding_intervals: tuple[str, ...]
     estimate_decoding_params: bool = False
+
+
+def _interval_rules(value, where: str) -> tuple[str, ...]:
+    rules = (value,) if isinstance(value, str) else tuple(value or ())
+    if not rules or not all(isinstance(r, str) and r for r in rules):
+        raise ValueError(f"{where}: give a glob over interval list names or one of {list(INTERVAL_RULES)}, or a list of them.")
+    for rule in rules:
+        if ("{" in rule or "}" in rule) and rule not in INTERVAL_RULES:
+            raise ValueError(f"{where}: unknown rule {rule!r}; rules are {list(INTERVAL_RULES)} (or a glob).")
+    return rules
 
 
 def load_config(path: str | Path | None = None) -> dict:
@@ -72,7 +96,7 @@ def load_config(path: str | Path | None = None) -> dict:
         config = yaml.safe_load(f) or {}
     known = {
         "waveform_features_params", "decoding_params", "position_params", "waveform_features_groups", "position_groups",
-        "decodings",
+        "decodings", "position_series",
     }  # fmt: skip
     unknown = set(config) - known
     if unknown:
@@ -80,21 +104,47 @@ def load_config(path: str | Path | None = None) -> dict:
     decodings = []
     for name, entry in (config.get("decodings") or {}).items():
         try:
+            entry = dict(entry)
+            entry["decoding_intervals"] = _interval_rules(entry.get("decoding_intervals"), f"{path}: decoding {name!r}")
             decodings.append(DecodingConfig(name=name, **entry))
         except TypeError as error:
             raise ValueError(f"{path}: decoding {name!r}: {error}") from None
+        encoding = decodings[-1].encoding_interval
+        if ("{" in encoding or "}" in encoding) and encoding not in ENCODING_RULES:
+            raise ValueError(f"{path}: decoding {name!r}: encoding_interval {encoding!r} is not an interval list name "
+                             f"or one of {list(ENCODING_RULES)}.")  # fmt: skip
     config["decodings"] = decodings
+    for name, entry in (config.get("position_groups") or {}).items():
+        entry = dict(entry or {})
+        entry["intervals"] = _interval_rules(entry.get("intervals", "{run_epochs}"), f"{path}: position group {name!r}")
+        config["position_groups"][name] = entry
+    for pattern, mapping in (config.get("position_series") or {}).items():
+        if not isinstance(mapping, dict) or not mapping.get("front") or set(mapping) - {"front", "back"}:
+            raise ValueError(
+                f"{path}: position_series {pattern!r} must map to {{front: SERIES}} or {{front: SERIES, back: SERIES}}; "
+                f"got {mapping!r}."
+            )
     return config
+
+
+def position_series_for(config: dict | None, nwb_file_name: str) -> dict | None:
+    """The ``position_series`` mapping (front and back LED series) of the first
+    pattern in the configuration that matches the session's file name, if any."""
+    for pattern, mapping in ((config or {}).get("position_series") or {}).items():
+        if fnmatch.fnmatchcase(nwb_file_name, pattern):
+            return mapping
+    return None
 
 
 # ---------------------------------------------------------------------- sessions
 
 
-def register_session(catalog: Catalog, nwb_path: str | Path) -> str:
-    """Read an NWB file's metadata, intervals, electrode groups and waveform features
-    and record them in the catalog (one transaction)."""
+def register_session(catalog: Catalog, nwb_path: str | Path, config: dict | None = None) -> str:
+    """Read an NWB file's metadata, intervals, epochs, electrode groups and waveform
+    features and record them in the catalog (one transaction). ``config``: for its
+    ``position_series`` mapping."""
     nwb_path = Path(nwb_path)
-    info = read_session_info(nwb_path)
+    info = read_session_info(nwb_path, position_series_for(config, nwb_path.name))
     content_hash = file_checksum(nwb_path)
     features = [
         {
@@ -114,26 +164,61 @@ def register_session(catalog: Catalog, nwb_path: str | Path) -> str:
         session_description=info["session_description"],
         session_start_time=info["session_start_time"],
         interval_lists=info["intervals"],
+        epochs=[vars(e) for e in info["epochs"]],
         electrode_groups=info["electrode_groups"],
         waveform_features=features,
     )
 
 
-def process_session_position(catalog: Catalog, nwb_file_name: str, trodes_pos_params_name: str) -> pd.DataFrame:
-    """Process the raw LEDs of every epoch with a named parameter set; one netCDF file
-    and one catalog row per epoch. Returns the catalog's position outputs."""
+def describe_failure(path: str | Path, error: BaseException) -> str:
+    """One line saying which file could not be registered and why: our own errors say
+    what to do; anything else is named by its type so it can be looked up."""
+    message = " ".join(str(error).split()) or "(no message)"
+    if isinstance(error, (CatalogError, NWBReadError)):
+        return f"{Path(path).name}: not registered: {message}"
+    return f"{Path(path).name}: not registered: {type(error).__name__}: {message}"
+
+
+def process_session_position(
+    catalog: Catalog, nwb_file_name: str, trodes_pos_params_name: str, config: dict | None = None
+) -> list[dict]:
+    """Process the raw LEDs of every epoch with a named parameter set, each epoch from
+    its own camera's series; one netCDF file and one catalog row per epoch.
+
+    Returns one row per epoch: the LED series used, how many LEDs (one: no
+    orientation), the samples written and the fraction with a position; an epoch no
+    position series covers is reported and skipped."""
     session = catalog.fetch_session(nwb_file_name)
     params = catalog.fetch_position_params(trodes_pos_params_name)
-    raw = read_raw_position(session["nwb_path"])
+    sources = read_raw_position(session["nwb_path"], position_series_for(config, nwb_file_name))
     epochs = catalog.interval_lists(nwb_file_name).query("source == 'epoch'")["interval_list_name"]
     if epochs.empty:
         raise CatalogError(f"Session {nwb_file_name} has no epochs to process position for.")
+    report = []
     for epoch in epochs:
-        frame = process_position(raw, catalog.fetch_interval_list(nwb_file_name, epoch), params)
+        valid_times = catalog.fetch_interval_list(nwb_file_name, epoch)
+        source = _position_source_for(sources, valid_times)
+        if source is None:
+            report.append({"interval_list_name": epoch, "status": "skipped",
+                           "message": f"Session {nwb_file_name}: no position series has frames in epoch {epoch}."})  # fmt: skip
+            continue
+        frame = process_position(source, valid_times, params)
         path = catalog.position_output_path(nwb_file_name, epoch, trodes_pos_params_name)
         save_position(frame, path)
         catalog.register_position_output(nwb_file_name, epoch, trodes_pos_params_name, path, len(frame))
-    return catalog.position_outputs(nwb_file_name)
+        report.append({
+            "interval_list_name": epoch, "status": "processed", "series": source.name, "n_leds": source.n_leds,
+            "orientation": "from 2 LEDs" if source.n_leds == 2 else "none (one LED)", "n_samples": len(frame),
+            "fraction_tracked": float(frame["position_x"].notna().mean()), "path": str(path),
+            "message": None,
+        })  # fmt: skip
+    return report
+
+
+def _position_source_for(sources: list[RawPosition], valid_times: np.ndarray) -> RawPosition | None:
+    """The position source with the most camera frames inside the interval."""
+    counts = [int(_within(s.time, valid_times).sum()) for s in sources]
+    return sources[int(np.argmax(counts))] if counts and max(counts) > 0 else None
 
 
 def ensure_parameter_sets(catalog: Catalog, config: dict) -> dict[str, list[str]]:
@@ -273,24 +358,52 @@ def ensure_features_groups(catalog: Catalog, nwb_file_name: str, config: dict) -
 
 
 def ensure_position_groups(catalog: Catalog, nwb_file_name: str, config: dict) -> list[str]:
-    intervals = catalog.interval_lists(nwb_file_name)
-    epochs = intervals.query("source == 'epoch'")["interval_list_name"].tolist()
+    """Create the configuration's position groups for a session; a group's
+    ``intervals`` rule ({run_epochs} by default) chooses its epochs."""
     names = []
     for name, entry in (config.get("position_groups") or {}).items():
         entry = dict(entry or {})
-        pattern = entry.pop("interval_pattern", "*")
-        members = [e for e in epochs if fnmatch.fnmatchcase(e, pattern)]
+        rules = entry.pop("intervals")
+        members = intervals_matching(catalog, nwb_file_name, rules)
         if not members:
-            raise CatalogError(f"Position group {name!r}: no epoch of {nwb_file_name} matches {pattern!r}.")
+            raise CatalogError(
+                f"Position group {name!r}: no interval list of {nwb_file_name} matches {list(rules)}; its epochs are "
+                f"{_describe_epochs(catalog, nwb_file_name)}. Change the group's intervals in decoding_configs.yaml."
+            )
         catalog.create_position_group(nwb_file_name, name, members, **entry)
         names.append(name)
     return names
 
 
+def _describe_epochs(catalog: Catalog, nwb_file_name: str) -> str:
+    epochs = catalog.epochs(nwb_file_name)
+    return ", ".join(f"{r.interval_list_name} ({r.epoch_kind or 'kind unknown'})" for r in epochs.itertuples()) or "none"
+
+
+def intervals_matching(catalog: Catalog, nwb_file_name: str, rules) -> list[str]:
+    """A session's interval list names (in time order) chosen by the first rule that
+    chooses any: a glob over names, or {run_epochs}, {sleep_epochs}, {epochs}, {trials}.
+    Run and sleep epochs are told apart by the NWB file's tasks table, else by the
+    epoch tags' NN_rK / NN_sK."""
+    lists = catalog.interval_lists(nwb_file_name)
+    for rule in (rules,) if isinstance(rules, str) else rules:
+        if rule in ("{run_epochs}", "{sleep_epochs}"):
+            epochs = catalog.epochs(nwb_file_name)
+            chosen = epochs.loc[epochs["epoch_kind"] == rule[1:].split("_")[0], "interval_list_name"].tolist()
+        elif rule == "{epochs}":
+            chosen = lists.loc[lists["source"] == "epoch", "interval_list_name"].tolist()
+        elif rule == "{trials}":
+            chosen = lists.loc[lists["source"] == "trial", "interval_list_name"].tolist()
+        else:
+            chosen = [n for n in lists["interval_list_name"] if fnmatch.fnmatchcase(n, rule)]
+        if chosen:
+            return chosen
+    return []
+
+
 def decoding_intervals(catalog: Catalog, nwb_file_name: str, config: DecodingConfig) -> list[str]:
     """The interval lists of a session that a decoding configuration decodes."""
-    names = catalog.interval_lists(nwb_file_name)["interval_list_name"]
-    return [n for n in names if fnmatch.fnmatchcase(n, config.decoding_intervals)]
+    return intervals_matching(catalog, nwb_file_name, config.decoding_intervals)
 
 
 def decodable_intervals(catalog: Catalog, nwb_file_name: str, config: dict) -> list[str]:
@@ -299,9 +412,19 @@ def decodable_intervals(catalog: Catalog, nwb_file_name: str, config: dict) -> l
 
 
 def encoding_interval_for(catalog: Catalog, nwb_file_name: str, config: DecodingConfig, decoding_interval: str) -> str:
-    if config.encoding_interval != "{epoch}":
+    if config.encoding_interval not in ENCODING_RULES:
         return config.encoding_interval
     target = catalog.fetch_interval_list(nwb_file_name, decoding_interval)
+    if config.encoding_interval == "{nearest_run_epoch}":
+        runs = catalog.epochs(nwb_file_name).query("epoch_kind == 'run'")
+        if runs.empty:
+            raise CatalogError(
+                f"Session {nwb_file_name} has no run epoch to encode on for {decoding_interval!r}; its epochs are "
+                f"{_describe_epochs(catalog, nwb_file_name)}."
+            )
+        middle = 0.5 * (target[0, 0] + target[-1, 1])
+        distance = np.maximum(runs["start_time"] - middle, 0) + np.maximum(middle - runs["stop_time"], 0)
+        return str(runs["interval_list_name"].iloc[int(np.argmin(distance.to_numpy()))])
     lists = catalog.interval_lists(nwb_file_name).query("source == 'epoch'")
     for epoch in lists["interval_list_name"]:
         times = catalog.fetch_interval_list(nwb_file_name, epoch)
@@ -406,12 +529,9 @@ def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False)
             f"position group {selection['position_group_name']!r}."
         )
     fs = model.sampling_frequency
+    # the decoding interval needs no position (replay in a sleep epoch); where the
+    # position group covers it, the decoding error is measured
     pieces = [np.arange(start, stop, 1.0 / fs) for start, stop in inputs.decoding_times]
-    if not any(_within(position_time, np.array([[p[0], p[-1]]])).any() for p in pieces if p.size):
-        raise CatalogError(
-            f"{where}: decoding interval {selection['decoding_interval']!r} has no position samples in position "
-            f"group {selection['position_group_name']!r}; choose a position group that covers it."
-        )
 
     path, model_path = catalog.output_paths(merge_id)
     attrs = {
@@ -479,8 +599,9 @@ def summarize_results(results, position: pd.DataFrame, position_variables: list[
     env = model.environments
     interior = np.tile(env.is_track_interior_.ravel(), 2)
     time = results["time"].values
+    # never across a pause between the position group's epochs, nor a tracking gap
     tracked = np.column_stack(
-        [np.interp(time, position.index.to_numpy(), position[v].to_numpy(), left=np.nan, right=np.nan) for v in position_variables]
+        [interpolate_by_time(position.index.to_numpy(), position[v].to_numpy(), time, GROUP_MAX_GAP_S) for v in position_variables]
     )
     actual = env.to_decoding_position(tracked)
     errors, worst_sum, n_nan = [], 0.0, 0

@@ -7,7 +7,12 @@ Named parameter sets (``trodes_pos_params_name``); ``default_decoding``:
 - ``position_smoothing_duration`` 0.125 s: moving average of the head position;
 - ``speed_smoothing_std_dev`` 0.1 s: Gaussian smoothing of the velocity;
 - ``upsampling_sampling_rate`` 250 Hz, ``upsampling_interpolation_method`` "linear";
-- ``max_gap_to_interpolate`` 0.5 s: tracking gaps longer than this stay NaN.
+- ``max_gap_to_interpolate`` 0.5 s: tracking gaps longer than this stay NaN;
+- ``arena_bounds_cm`` null, or [[x_min, x_max], [y_min, y_max]]: frames whose head
+  position falls outside (reflections beyond the arena's walls) are dropped.
+
+A lost LED (NaN; Trodes stores it as pixel (0, 0), which the reader turns into NaN) is
+missing data like a dropped frame.
 
 Everything is done by time, never by row order: the camera's timestamps are
 irregular. Orientation (front LED relative to back) is unwrapped before it is
@@ -31,6 +36,7 @@ DEFAULT_POSITION_PARAMS = {
     "upsampling_sampling_rate": 250.0,
     "upsampling_interpolation_method": "linear",
     "max_gap_to_interpolate": 0.5,
+    "arena_bounds_cm": None,
 }
 POSITION_COLUMNS = ["position_x", "position_y", "orientation", "velocity_x", "velocity_y", "speed"]
 
@@ -42,8 +48,14 @@ def check_position_params(params: dict) -> dict:
     merged = {**DEFAULT_POSITION_PARAMS, **params}
     if merged["upsampling_interpolation_method"] != "linear":
         raise ValueError("Only linear upsampling_interpolation_method is supported.")
+    bounds = merged["arena_bounds_cm"]
+    if bounds is not None:
+        array = np.asarray(bounds, dtype=float) if np.ndim(bounds) == 2 else np.zeros(0)
+        if array.shape != (2, 2) or not np.all(array[:, 0] < array[:, 1]):
+            raise ValueError(f"Position parameter arena_bounds_cm must be [[x_min, x_max], [y_min, y_max]], got {bounds!r}.")
+        merged["arena_bounds_cm"] = array.tolist()
     for key, value in merged.items():
-        if key != "upsampling_interpolation_method" and not float(value) > 0:
+        if key not in ("upsampling_interpolation_method", "arena_bounds_cm") and not float(value) > 0:
             raise ValueError(f"Position parameter {key} must be positive, got {value!r}.")
     return merged
 
@@ -51,14 +63,25 @@ def check_position_params(params: dict) -> dict:
 def process_position(raw: RawPosition, valid_times: np.ndarray, params: dict) -> pd.DataFrame:
     """Head position, orientation, velocity and speed at the upsampling rate, within
     ``valid_times`` ((n, 2) [start, stop] s). Index: ``time``; NaN where tracking was
-    lost for longer than ``max_gap_to_interpolate``."""
+    lost for longer than ``max_gap_to_interpolate``. A lost LED (NaN in ``raw``, e.g.
+    Trodes' (0, 0)) is missing data, never a position. With one LED the head is the LED
+    and orientation is NaN."""
     p = check_position_params(params)
     time = raw.time
-    front, back = raw.front.copy(), raw.back.copy()
-    separation = np.linalg.norm(front - back, axis=1)
-    bad = ~(separation <= p["max_LED_separation"])  # NaN counts as bad
-    head = 0.5 * (front + back)
-    orientation = np.arctan2(front[:, 1] - back[:, 1], front[:, 0] - back[:, 0])
+    if raw.back is None:  # a one-LED rig: the LED is the head, and there is no orientation
+        head = raw.front.copy()
+        bad = np.isnan(head).any(axis=1)
+        orientation = np.full(time.size, np.nan)
+    else:
+        front, back = raw.front, raw.back
+        separation = np.linalg.norm(front - back, axis=1)
+        bad = ~(separation <= p["max_LED_separation"])  # NaN counts as bad
+        head = 0.5 * (front + back)
+        orientation = np.arctan2(front[:, 1] - back[:, 1], front[:, 0] - back[:, 0])
+    if p["arena_bounds_cm"] is not None:
+        (x_min, x_max), (y_min, y_max) = p["arena_bounds_cm"]
+        with np.errstate(invalid="ignore"):
+            bad |= ~((head[:, 0] >= x_min) & (head[:, 0] <= x_max) & (head[:, 1] >= y_min) & (head[:, 1] <= y_max))
     head[bad] = np.nan
     orientation[bad] = np.nan
     bad |= _implausible_jumps(time, head, p["max_plausible_speed"])
@@ -156,7 +179,11 @@ def _nan_aware_filter(values: np.ndarray, size: float, kind: str) -> np.ndarray:
         return np.where(ok & (den > 0), num / den, np.nan)
 
 
-def upsample_position_group(frames: list[pd.DataFrame], upsample_rate: float, max_gap: float = 0.5) -> pd.DataFrame:
+# a position group never bridges a pause longer than this (between epochs, or a tracking gap)
+GROUP_MAX_GAP_S = 0.5
+
+
+def upsample_position_group(frames: list[pd.DataFrame], upsample_rate: float, max_gap: float = GROUP_MAX_GAP_S) -> pd.DataFrame:
     """Concatenate a position group's sources and resample every column at
     ``upsample_rate`` by time (orientation the short way round), leaving gaps NaN."""
     data = pd.concat(frames).sort_index()

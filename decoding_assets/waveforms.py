@@ -5,9 +5,10 @@ the signal of good channel c at sample t:
 
 1. µV: x = (data * channel_conversion * conversion + offset) * 1e6; channels marked bad
    are left out of everything below;
-2. referencing (``reference``): none, one electrode subtracted from every channel
-   (``reference: <electrode id>``), or the group's median across its channels
-   (``reference: median``);
+2. referencing (``reference``): each electrode's reference as the file records it
+   (``reference: file``, the electrodes column ``ref_elect_id``; -1 or no column: none),
+   none, one electrode subtracted from every channel (``reference: <electrode id>``),
+   or the group's median across its channels (``reference: median``);
 3. band-pass (``filter_band_hz``, ``filter_order``): a Butterworth filter run forward
    and backward, so peaks are not delayed;
 4. detection: with e(t) = max_c -x_c(t), the deepest trough across the group at t,
@@ -20,9 +21,11 @@ the signal of good channel c at sample t:
 6. features: x_c(t) on every good channel at the detected sample, in µV (negative for a
    trough), as the labs' ``amplitude`` features are.
 
+A recording of several epochs is one series with pauses between them: each contiguous
+segment is filtered and searched on its own, so the filter never runs across a pause.
 Every step looks at most a filter settling time plus the windows away from a sample,
-so the recording is read in chunks that overlap by that margin: a spike belongs to the
-chunk whose core holds its sample, and the result equals that of the whole recording
+so a segment is read in chunks that overlap by that margin: a spike belongs to the
+chunk whose core holds its sample, and the result equals that of the whole segment
 at once. Within a chunk, electrode groups are processed in parallel threads (SciPy's
 filter releases the GIL).
 """
@@ -49,7 +52,7 @@ DEFAULT_FEATURES_PARAMS: dict[str, Any] = {
     "raw_series_name": None,  # None: the NWB file's only raw ElectricalSeries
     "filter_band_hz": [300.0, 6000.0],
     "filter_order": 5,
-    "reference": "none",  # "none", "median", or an electrode id
+    "reference": "file",  # "file" (ref_elect_id), "none", "median", or an electrode id
     "threshold_uv": 100.0,
     "exclusion_window_ms": 0.1,
     "artifact_threshold_uv": None,  # e.g. 1000.0 to exclude artifacts
@@ -80,8 +83,8 @@ def check_features_params(params: dict | None) -> dict:
         raise FeatureExtractionError(f"filter_band_hz must be [low, high] with 0 < low < high; got {band}.")
     merged["filter_band_hz"] = [float(band[0]), float(band[1])]
     reference = merged["reference"]
-    if not (reference in ("none", "median") or (isinstance(reference, int) and not isinstance(reference, bool))):
-        raise FeatureExtractionError(f"reference must be 'none', 'median' or an electrode id; got {reference!r}.")
+    if not (reference in ("file", "none", "median") or (isinstance(reference, int) and not isinstance(reference, bool))):
+        raise FeatureExtractionError(f"reference must be 'file', 'none', 'median' or an electrode id; got {reference!r}.")
     for key in ("threshold_uv", "exclusion_window_ms", "artifact_window_ms"):
         if not float(merged[key]) >= 0:
             raise FeatureExtractionError(f"{key} must be >= 0; got {merged[key]!r}.")
@@ -104,7 +107,10 @@ class RawRecording:
     data : (n_samples, n_channels) array-like sliced by rows (an HDF5 dataset or array);
     uv_per_unit : (n_channels,) µV per stored unit; offset_uv : added after scaling;
     timestamps : (n_samples,) s, or None for starting_time + k / sampling_rate;
-    electrode_ids, group_names, bad : (n_channels,) per column of data.
+    electrode_ids, group_names, bad : (n_channels,) per column of data;
+    reference_electrode_ids : (n_channels,) each channel's reference electrode as the
+        file records it (-1: none), or None when the file records none;
+    segments : the contiguous stretches [start, stop) of samples (None: one).
     """
 
     name: str
@@ -117,6 +123,8 @@ class RawRecording:
     offset_uv: float = 0.0
     starting_time: float = 0.0
     timestamps: Any = None
+    reference_electrode_ids: np.ndarray | None = None
+    segments: list[tuple[int, int]] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -156,6 +164,8 @@ class _GroupPlan:
     electrode_ids: list[int]
     bad_electrode_ids: list[int]
     rows: np.ndarray | None = None  # their rows in each chunk's block
+    reference_columns: np.ndarray | None = None  # per good channel, its reference's column (-1: none)
+    reference_rows: np.ndarray | None = None
     times: list = field(default_factory=list)
     features: list = field(default_factory=list)
     n_artifact_samples: int = 0
@@ -242,34 +252,40 @@ def extract_waveform_features(
     fs = float(recording.sampling_rate)
     sos = bandpass_sos(params, fs, where)
     plans, results = _plan_groups(recording, electrode_group_names, where)
-    reference_column = _reference_column(recording, params, where)
     active = [p for p in plans if p.columns.size]
-    needed = [p.columns for p in active] + ([np.array([reference_column])] if reference_column is not None else [])
+    for plan in active:
+        plan.reference_columns = _reference_columns(recording, params, plan, where)
+    needed = [p.columns for p in active] + [p.reference_columns[p.reference_columns >= 0] for p in active
+                                            if p.reference_columns is not None]  # fmt: skip
     columns = np.unique(np.concatenate(needed)).astype(int) if needed else np.zeros(0, int)
     for plan in active:
         plan.rows = np.searchsorted(columns, plan.columns)
-    reference_row = None if reference_column is None else int(np.searchsorted(columns, reference_column))
+        if plan.reference_columns is not None:
+            plan.reference_rows = np.where(plan.reference_columns >= 0, np.searchsorted(columns, plan.reference_columns), -1)
     margin = settling_samples(sos) + _samples(params["exclusion_window_ms"], fs) + _samples(params["artifact_window_ms"], fs) + 1
     chunk = max(1, int(chunk_duration_s * fs))
-    n = recording.n_samples
-    starts = range(0, n, chunk) if active else range(0)
+    shortest = 3 * (2 * len(sos) + 1)  # what the forward-backward filter pads with
+    segments = recording.segments or [(0, recording.n_samples)]
+    chunks = [(start, min(stop, start + chunk), lo, stop) for lo, stop in segments if stop - lo > shortest
+              for start in range(lo, stop, chunk)] if active else []  # fmt: skip
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=f"Waveform features ({recording.name})", unit="chunk")
+        chunks = tqdm(chunks, desc=f"Waveform features ({recording.name})", unit="chunk")
 
     def process(plan: _GroupPlan, block: np.ndarray, core: tuple[int, int]):
         x = block[plan.rows]
-        if reference_row is not None:
-            x = x - block[reference_row]
+        if plan.reference_rows is not None:
+            referenced = plan.reference_rows >= 0
+            x[referenced] -= block[plan.reference_rows[referenced]]
         elif params["reference"] == "median" and x.shape[0] > 1:
             x = x - np.median(x, axis=0)
         return detect_spikes(x, sos, params, fs, core)
 
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        for start in starts:
-            stop = min(n, start + chunk)
-            lo, hi = max(0, start - margin), min(n, stop + margin)
+        for start, stop, segment_start, segment_stop in chunks:
+            # the margins stop at the segment's ends: nothing is filtered across a pause
+            lo, hi = max(segment_start, start - margin), min(segment_stop, stop + margin)
             block = recording.read_uv(lo, hi, columns)
             times = recording.times(start, stop)
             core = (start - lo, stop - lo)
@@ -323,16 +339,35 @@ def _plan_groups(recording: RawRecording, names: list[str] | None, where: str) -
     return plans, done
 
 
-def _reference_column(recording: RawRecording, params: dict, where: str) -> int | None:
+def _reference_columns(recording: RawRecording, params: dict, plan: _GroupPlan, where: str) -> np.ndarray | None:
+    """Per good channel of a group, the recording column of its reference electrode
+    (-1: not referenced); None when no channel is referenced to an electrode."""
     reference = params["reference"]
     if reference in ("none", "median"):
         return None
-    matches = np.flatnonzero(np.asarray(recording.electrode_ids) == reference)
-    if not matches.size:
-        raise FeatureExtractionError(f"Reference electrode {reference} is not a channel of {where}.")
-    if recording.bad[matches[0]]:
-        raise FeatureExtractionError(f"Reference electrode {reference} of {where} is marked bad; choose another.")
-    return int(matches[0])
+    ids = np.asarray(recording.electrode_ids)
+    if reference == "file":
+        if recording.reference_electrode_ids is None:
+            return None
+        wanted = np.asarray(recording.reference_electrode_ids, dtype=int)[plan.columns]
+    else:
+        wanted = np.full(plan.columns.size, int(reference))
+    out = np.full(plan.columns.size, -1)
+    for k, electrode in enumerate(wanted):
+        if electrode < 0:
+            continue
+        matches = np.flatnonzero(ids == electrode)
+        if not matches.size and reference == "file":
+            raise FeatureExtractionError(
+                f"Electrode group {plan.name}, electrode {plan.electrode_ids[k]}: its ref_elect_id {electrode} is not a "
+                f"channel of {where}. Set the waveform features parameter reference to 'none', 'median' or an electrode id."
+            )
+        if not matches.size:
+            raise FeatureExtractionError(f"Reference electrode {electrode} is not a channel of {where}.")
+        if reference != "file" and recording.bad[matches[0]]:
+            raise FeatureExtractionError(f"Reference electrode {electrode} of {where} is marked bad; choose another.")
+        out[k] = matches[0]
+    return out if (out >= 0).any() else None
 
 
 # ---------------------------------------------------------------------- files

@@ -67,3 +67,30 @@ def test_position_group_upsampling_keeps_gaps_between_epochs():
     assert out.index.is_monotonic_increasing
     assert not ((out.index > 10.01) & (out.index < 19.99)).any()  # the pause is not bridged
     np.testing.assert_allclose(out["position_x"].to_numpy(), out.index.to_numpy(), atol=1e-9)
+
+
+def test_one_led_gives_position_without_orientation():
+    time = np.arange(0, 10, 1 / 30)
+    led = np.column_stack([50 + 20 * np.cos(time), 50 + 20 * np.sin(time)])
+    led[100:110] = np.nan  # lost for 1/3 s: bridged
+    df = process_position(RawPosition(time, led), np.array([[0.0, 10.0]]), {})
+    assert df["orientation"].isna().all()
+    inside = (df.index > 1) & (df.index < 9)
+    expected = 50 + 20 * np.cos(df.index.to_numpy()[inside])
+    assert np.nanmax(np.abs(df["position_x"].to_numpy()[inside] - expected)) < 1.0
+    assert df["position_x"][inside].notna().all()
+
+
+def test_frames_outside_the_arena_are_missing():
+    time = np.arange(0, 10, 1 / 30)
+    head = np.column_stack([50 + 0 * time, 50 + 10 * np.sin(time)])
+    front, back = head + [2.5, 0], head - [2.5, 0]
+    front[150:170] += [300.0, 0.0]  # a reflection far outside, both LEDs: within speed limits if gradual
+    back[150:170] += [300.0, 0.0]
+    bounds = {"arena_bounds_cm": [[0.0, 100.0], [0.0, 100.0]], "max_plausible_speed": 1e6}
+    df = process_position(RawPosition(time, front, back), np.array([[0.0, 10.0]]), bounds)
+    assert df["position_x"].max() < 51.0  # never outside the arena
+    unbounded = process_position(RawPosition(time, front, back), np.array([[0.0, 10.0]]), {"max_plausible_speed": 1e6})
+    assert unbounded["position_x"].max() > 300.0
+    with pytest.raises(ValueError, match="arena_bounds_cm"):
+        process_position(RawPosition(time, front, back), np.array([[0.0, 10.0]]), {"arena_bounds_cm": [[10, 0], [0, 1]]})

@@ -2,13 +2,13 @@
 missing."""
 
 
+import json
 from pathlib import Path
 
 import dagster as dg
 
-from catalog import CatalogError, merge_id_for
+from catalog import merge_id_for
 from decoding_assets import pipeline
-from decoding_assets.nwb import NWBReadError
 
 from .parameters import parameter_sets
 from .partitions import decoding_intervals_partitions, decoding_partitions, sessions_partitions
@@ -32,36 +32,53 @@ def build_decoding_jobs(decoding_assets: list[dg.AssetsDefinition], configs) -> 
     ]
 
 
-def register_file(catalog, instance: dg.DagsterInstance, path: Path) -> tuple[str, list[str]]:
+def register_file(catalog, instance: dg.DagsterInstance, path: Path, config: dict) -> tuple[str, list[str]]:
     """Register an NWB file in the catalog and add its partitions to the instance."""
     cat = catalog.get()
-    nwb_file_name = pipeline.register_session(cat, path)
-    intervals = pipeline.decodable_intervals(cat, nwb_file_name, pipeline.load_config())
+    nwb_file_name = pipeline.register_session(cat, path, config)
+    intervals = pipeline.decodable_intervals(cat, nwb_file_name, config)
     instance.add_dynamic_partitions(sessions_partitions.name, [nwb_file_name])
     instance.add_dynamic_partitions(decoding_intervals_partitions.name, intervals)
     return nwb_file_name, intervals
 
 
+def _file_stamp(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 @dg.sensor(job=sessions_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_nwb_files(context: dg.SensorEvaluationContext, catalog: CatalogResource):
-    """Registers NWB files that appear in the watched folder and processes them."""
+    """Registers NWB files that appear in the watched folder and processes them.
+
+    A file that cannot be registered, whatever the cause, is reported once (one line:
+    the file and why) and skipped; the others go on. It is tried again when it changes
+    (e.g. once a copy into the folder has finished). The cursor remembers the failures."""
     folder = watch_folder()
     if not folder.is_dir():
         return dg.SkipReason(f"Watched folder {folder} does not exist; create it or set DECODING_ASSETS_WATCH_DIR.")
+    config = pipeline.load_config()
     cat = catalog.get()
     known = set(cat.sessions()["nwb_file_name"])
+    failed = json.loads(context.cursor) if context.cursor else {}
     requests, problems = [], []
     for path in sorted(folder.glob("*.nwb")):
         if path.name in known:
             continue
+        stamp = _file_stamp(path)
+        if failed.get(path.name) == stamp:
+            continue  # reported already, and unchanged since
         try:
-            nwb_file_name, _ = register_file(catalog, context.instance, path)
-        except (CatalogError, NWBReadError) as error:
-            problems.append(f"{path.name}: {error}")
+            nwb_file_name, _ = register_file(catalog, context.instance, path, config)
+        except Exception as error:  # any unreadable file is reported, never a failed tick
+            failed[path.name] = stamp
+            problems.append(pipeline.describe_failure(path, error))
             continue
+        failed.pop(path.name, None)
         requests.append(dg.RunRequest(run_key=nwb_file_name, partition_key=nwb_file_name))
     for problem in problems:
         context.log.error(problem)
+    context.update_cursor(json.dumps(failed, sort_keys=True))
     if not requests:
         return dg.SkipReason("No new NWB files." + (f" Not registered: {'; '.join(problems)}" if problems else ""))
     return requests

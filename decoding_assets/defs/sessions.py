@@ -24,7 +24,7 @@ def nwb_sessions(context: dg.AssetExecutionContext, catalog: CatalogResource) ->
     """The session's NWB file, registered in the catalog with its content hash."""
     cat = catalog.get()
     session = cat.fetch_session(context.partition_key)
-    pipeline.register_session(cat, session["nwb_path"])  # checks the file is unchanged
+    pipeline.register_session(cat, session["nwb_path"], pipeline.load_config())  # checks the file is unchanged
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(session["nwb_path"]),
@@ -36,15 +36,25 @@ def nwb_sessions(context: dg.AssetExecutionContext, catalog: CatalogResource) ->
 
 @dg.asset(partitions_def=sessions_partitions, group_name="sessions", deps=[nwb_sessions], kinds={"duckdb"})
 def interval_lists(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
-    """Epochs, trials and position valid times; the intervals that decoding
-    configurations decode become decoding-interval partitions."""
+    """Epochs (with their task, and whether each is a run or a sleep epoch), trials,
+    position and raw data valid times; the intervals that decoding configurations
+    decode become decoding-interval partitions."""
     cat = catalog.get()
     nwb_file_name = context.partition_key
     table = cat.interval_lists(nwb_file_name)
+    epochs = cat.epochs(nwb_file_name)
+    unknown = epochs.loc[epochs["epoch_kind"].isna(), "interval_list_name"].tolist()
+    if unknown:
+        context.log.warning(
+            f"{nwb_file_name}: neither a task nor the tag says whether epoch(s) {', '.join(unknown)} are run or sleep "
+            "epochs; {run_epochs} and {sleep_epochs} leave them out. Name them in a rule of decoding_configs.yaml."
+        )
     decodable = pipeline.decodable_intervals(cat, nwb_file_name, pipeline.load_config())
     context.instance.add_dynamic_partitions(decoding_intervals_partitions.name, decodable)
+    columns = ["interval_list_name", "epoch", "task_name", "task_environment", "camera_id", "epoch_kind"]
     return dg.MaterializeResult(
-        metadata={"intervals": _table(table), "n_intervals": len(table), "decoding_intervals": ", ".join(decodable)}
+        metadata={"intervals": _table(table), "epochs": _table(epochs[columns]), "n_intervals": len(table),
+                  "decoding_intervals": ", ".join(decodable) or "none"}  # fmt: skip
     )
 
 
@@ -94,16 +104,19 @@ def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResourc
     partitions_def=sessions_partitions, group_name="sessions", deps=[interval_lists, parameter_sets], kinds={"netcdf"}
 )
 def position(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
-    """Head position, orientation, velocity and speed per epoch, from the raw LEDs,
-    for every position parameter set of the configuration."""
+    """Head position, orientation, velocity and speed per epoch, from that epoch's
+    camera LEDs (lost LEDs are missing data), for every position parameter set of the
+    configuration. The table says which series each epoch used and whether it has an
+    orientation (a one-LED rig has none)."""
     cat = catalog.get()
-    names = sorted(pipeline.load_config().get("position_params") or {})
-    outputs = None
-    for name in names:
-        outputs = pipeline.process_session_position(cat, context.partition_key, name)
-    return dg.MaterializeResult(
-        metadata={"position_outputs": _table(outputs[["interval_list_name", "trodes_pos_params_name", "n_samples", "path"]])}
-    )
+    config = pipeline.load_config()
+    rows = []
+    for name in sorted(config.get("position_params") or {}):
+        for row in pipeline.process_session_position(cat, context.partition_key, name, config):
+            if row["message"]:
+                context.log.warning(row["message"])
+            rows.append({"trodes_pos_params_name": name, **{k: v for k, v in row.items() if k != "message"}})
+    return dg.MaterializeResult(metadata={"position_outputs": _table(pd.DataFrame(rows))})
 
 
 @dg.asset(partitions_def=sessions_partitions, group_name="groups", deps=[waveform_features], kinds={"duckdb"})

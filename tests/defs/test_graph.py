@@ -11,6 +11,7 @@ from decoding_assets.defs.decoding import GPU_POOL
 from decoding_assets.defs.resources import CatalogResource
 from decoding_assets.nwb import write_demo_session
 from decoding_assets.pipeline import load_config
+from decoding_assets.position import GROUP_MAX_GAP_S, interpolate_by_time
 
 
 def test_definitions_load():
@@ -19,19 +20,19 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in repository.asset_graph.get_all_asset_keys()}
     assert keys == {
         "parameter_sets", "nwb_sessions", "interval_lists", "waveform_features", "position",
-        "waveform_features_groups", "position_groups", "decoding/contfrag_trials", "decoding/contfrag_raw_tetrodes",
+        "waveform_features_groups", "position_groups", "decoding/contfrag_run", "decoding/contfrag_raw_tetrodes",
     }  # fmt: skip
     assert {s.name for s in repository.sensor_defs} == {"new_nwb_files"}
     assert {s.name for s in repository.schedule_defs} == {
-        "decode_contfrag_trials_missing", "decode_contfrag_raw_tetrodes_missing",
+        "decode_contfrag_run_missing", "decode_contfrag_raw_tetrodes_missing",
     }  # fmt: skip
 
 
 def test_decoding_step_is_a_gpu_step():
-    op = defs.get_assets_def(dg.AssetKey(["decoding", "contfrag_trials"])).op
+    op = defs.get_assets_def(dg.AssetKey(["decoding", "contfrag_run"])).op
     assert op.pool == GPU_POOL == "gpu"
     assert '"nvidia.com/gpu": "1"' in op.tags["dagster-k8s/config"]
-    assert {c.name for c in defs.get_assets_def(dg.AssetKey(["decoding", "contfrag_trials"])).check_specs} == {
+    assert {c.name for c in defs.get_assets_def(dg.AssetKey(["decoding", "contfrag_run"])).check_specs} == {
         "posterior_sums_to_one",
         "no_nan_inside_track",
     }
@@ -57,7 +58,8 @@ def test_whole_graph_for_the_demo_session(demo_home):
         best = flat.argmax("bin").values
         decoded = np.column_stack([flat["bin"]["x_position"].values[best], flat["bin"]["y_position"].values[best]])
         t = results["time"].values
-        tracked = np.column_stack([np.interp(t, position.index, position[c]) for c in ("position_x", "position_y")])
+        tracked = np.column_stack([interpolate_by_time(position.index.to_numpy(), position[c].to_numpy(), t, GROUP_MAX_GAP_S)
+                                   for c in ("position_x", "position_y")])  # fmt: skip
         ok = ~np.isnan(tracked).any(axis=1)
         error = np.median(np.linalg.norm(decoded[ok] - tracked[ok], axis=1))
         assert error == pytest.approx(output["median_decoding_error_cm"], rel=1e-6)
@@ -67,7 +69,7 @@ def test_whole_graph_for_the_demo_session(demo_home):
     import os
 
     instance = dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"])
-    key = dg.AssetKey(["decoding", "contfrag_trials"])
+    key = dg.AssetKey(["decoding", "contfrag_run"])
     materialized = instance.get_materialized_partitions(key)
     assert len(materialized) == 5
     record = instance.fetch_materializations(key, limit=1).records[0]
@@ -111,7 +113,7 @@ def test_the_demo_decodes_from_the_raw_recording(demo_home):
 def test_missing_decodes_schedule(demo_home):
     home, outputs = demo_home
     resource = CatalogResource(catalog_path=str(home / "catalog.duckdb"), output_dir=str(home / "outputs"))
-    schedule = defs.get_schedule_def("decode_contfrag_trials_missing")
+    schedule = defs.get_schedule_def("decode_contfrag_run_missing")
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(instance=instance, resources={"catalog": resource})
         assert isinstance(schedule(context), dg.SkipReason)  # all decoded
@@ -136,9 +138,13 @@ def test_sensor_registers_a_new_file(tmp_path, monkeypatch):
         assert [r.partition_key for r in result] == ["new_session.nwb"]
         assert instance.get_dynamic_partitions("sessions") == ["new_session.nwb"]
         assert "epoch0_block1_trial1" in instance.get_dynamic_partitions("decoding_intervals")
-        # the broken file is reported, not registered; a second tick has nothing new
+        # the broken file is reported, not registered (the cursor remembers it); a tick
+        # without that memory reports it again, one with it has nothing new
+        assert "broken.nwb" in context.cursor
         again = new_nwb_files(dg.build_sensor_context(instance=instance, resources={"catalog": resource}))
         assert "broken.nwb" in again.skip_message and "Cannot read NWB file" in again.skip_message
+        quiet = new_nwb_files(dg.build_sensor_context(instance=instance, resources={"catalog": resource}, cursor=context.cursor))
+        assert quiet.skip_message == "No new NWB files."
     assert list(Catalog(tmp_path / "catalog.duckdb").sessions()["nwb_file_name"]) == ["new_session.nwb"]
 
 
@@ -151,6 +157,6 @@ def test_an_interval_outside_the_decoding_is_a_clear_failure(demo_home):
     instance = dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"])
     instance.add_dynamic_partitions("decoding_intervals", ["01_s1"])
     with pytest.raises(Exception, match="does not decode interval '01_s1'"):
-        local.resolve_job_def("decode_contfrag_trials").execute_in_process(
+        local.resolve_job_def("decode_contfrag_run").execute_in_process(
             instance=instance, partition_key=dg.MultiPartitionKey({"session": "demo.nwb", "interval": "01_s1"})
         )
