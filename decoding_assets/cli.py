@@ -175,7 +175,8 @@ def run_files(home: Path, paths: list[Path]) -> int:
             outputs = cat.outputs(name)
             say(f"\nDecoding outputs of {name}:")
             say(outputs[OUTPUT_COLUMNS].to_string(index=False) if len(outputs) else "  none")
-    say(f"\n{len(registered)} of {len(files)} file(s) registered; {len(failures)} problem(s), each reported above.")
+    say(f"\n{len(registered)} of {len(files)} file(s) registered; "
+        + (f"{len(failures)} problem(s), each reported above." if failures else "no problems."))
     return 1 if failures or not files else 0
 
 
