@@ -167,8 +167,9 @@ class Catalog:
         """Record an NWB file with its interval lists, electrode groups and waveform
         features, all in one transaction; returns its ``nwb_file_name``.
 
-        Idempotent for the same content; a changed file under a registered name is an
-        error. ``interval_lists``: {name: (valid_times (n, 2), source)}; ``epochs``:
+        Idempotent for the same content, except that what a newer version reads from
+        the file (interval lists, epochs) and the catalog lacks is added, never changed;
+        a changed file under a registered name is an error. ``interval_lists``: {name: (valid_times (n, 2), source)}; ``epochs``:
         dicts with interval_list_name (an interval list of source "epoch"), epoch,
         task_name, task_environment, camera_id, epoch_kind ("run", "sleep" or None);
         ``electrode_groups``: [(name, n_channels, location)]; ``waveform_features``:
@@ -205,24 +206,14 @@ class Catalog:
                         f"Session {nwb_file_name} is already registered (from {row[1]}) with different content. "
                         "A changed recording needs a new file name."
                     )
+                self._add_session_rows(con, nwb_file_name, intervals, epochs)
                 return nwb_file_name
             con.execute(
                 "INSERT INTO sessions (nwb_file_name, nwb_path, content_hash, subject_id, session_description, "
                 "session_start_time) VALUES (?, ?, ?, ?, ?, ?)",
                 [nwb_file_name, str(nwb_path), content_hash, subject_id, session_description, session_start_time],
             )
-            for interval in intervals:
-                con.execute(
-                    "INSERT INTO interval_lists (nwb_file_name, interval_list_name, valid_times, source) "
-                    "VALUES (?, ?, ?, ?)",
-                    interval,
-                )
-            for row in epochs:
-                con.execute(
-                    "INSERT INTO task_epochs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [nwb_file_name, row["interval_list_name"], row["epoch"], row["task_name"], row["task_environment"],
-                     row["camera_id"], row["epoch_kind"]],
-                )  # fmt: skip
+            self._add_session_rows(con, nwb_file_name, intervals, epochs)
             for name, n_channels, location in electrode_groups:
                 con.execute(
                     "INSERT INTO electrode_groups VALUES (?, ?, ?, ?)", [nwb_file_name, name, int(n_channels), location]
@@ -239,6 +230,23 @@ class Catalog:
                      int(row["n_features"]), row["source"], row["content_hash"]],
                 )  # fmt: skip
         return nwb_file_name
+
+    @staticmethod
+    def _add_session_rows(con, nwb_file_name: str, intervals: list, epochs: Sequence[dict]) -> None:
+        """A session's interval lists and task epochs; rows the catalog has are kept as
+        they are (a session registered by an older version gets only what it lacks)."""
+        for interval in intervals:
+            con.execute(
+                "INSERT INTO interval_lists (nwb_file_name, interval_list_name, valid_times, source) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                interval,
+            )
+        for row in epochs:
+            con.execute(
+                "INSERT INTO task_epochs VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [nwb_file_name, row["interval_list_name"], row["epoch"], row["task_name"], row["task_environment"],
+                 row["camera_id"], row["epoch_kind"]],
+            )  # fmt: skip
 
     def sessions(self) -> pd.DataFrame:
         return self.query("SELECT * FROM sessions ORDER BY nwb_file_name")
@@ -579,9 +587,15 @@ class Catalog:
                 con.execute(f"UPDATE {table} SET params = ? WHERE {key} = ?", [text, name])
                 return
             if existing is not None:
-                if json.loads(existing[0]) != json.loads(text):
+                stored = json.loads(existing[0])
+                if stored != json.loads(text):
+                    given = json.loads(text)
+                    differ = {k: (stored.get(k), given.get(k)) for k in sorted(set(stored) | set(given))
+                              if stored.get(k) != given.get(k)}  # fmt: skip
                     raise CatalogError(
-                        f"{key} {name!r} already exists with other parameters; choose a new name."
+                        f"{key} {name!r} already exists with other parameters (stored vs given: "
+                        + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
+                        + "); choose a new name, or give the stored values to keep using it."
                     )
                 return
             con.execute(f"INSERT INTO {table} ({key}, params) VALUES (?, ?)", [name, text])

@@ -226,12 +226,16 @@ def ensure_parameter_sets(catalog: Catalog, config: dict) -> dict[str, list[str]
     from .position import check_position_params
 
     for name, params in (config.get("position_params") or {}).items():
-        catalog.insert_position_params(name, check_position_params(params or {}))
+        checked = check_position_params(params or {})
+        if not _stored_as(catalog.fetch_position_params, name, checked, check_position_params):
+            catalog.insert_position_params(name, checked)
     for name, params in (config.get("decoding_params") or {}).items():
         catalog.insert_decoding_params(name, params or {})
     for name, params in (config.get("waveform_features_params") or {}).items():
         try:
-            catalog.insert_features_params(name, check_features_params(params))
+            checked = check_features_params(params)
+            if not _stored_as(catalog.fetch_features_params, name, checked, check_features_params):
+                catalog.insert_features_params(name, checked)
         except ValueError as error:
             raise CatalogError(f"waveform_features_params {name!r}: {error}") from None
     return {
@@ -239,6 +243,16 @@ def ensure_parameter_sets(catalog: Catalog, config: dict) -> dict[str, list[str]
         "position_params": sorted(config.get("position_params") or {}),
         "decoding_params": sorted(config.get("decoding_params") or {}),
     }
+
+
+def _stored_as(fetch, name: str, checked: dict, check) -> bool:
+    """Whether the set stored under ``name`` means the same as ``checked`` once the
+    defaults fill it: a set stored before a parameter was added (at a default that
+    keeps the old behaviour) is the same set, not a conflict."""
+    try:
+        return check(fetch(name)) == checked
+    except ValueError:  # not stored yet, or stored as something else (an NWB placeholder)
+        return False
 
 
 def extract_session_features(

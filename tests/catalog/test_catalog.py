@@ -12,6 +12,8 @@ import pytest
 from catalog import Catalog, CatalogError, check_name
 from decoding_assets import pipeline
 from decoding_assets.nwb import NWBReadError
+from decoding_assets.position import check_position_params
+from decoding_assets.waveforms import check_features_params
 
 
 @pytest.fixture
@@ -295,3 +297,24 @@ def test_a_session_recorded_only_raw(catalog, tmp_path):
     features = pipeline.read_features_group(catalog, name, "all_tetrodes")
     assert [f.times.size for f in features] == [r["n_spikes"] for r in report]
     assert all(f.times.size > 20 for f in features)
+
+
+def test_an_older_catalog_keeps_its_sessions_and_parameter_sets(catalog, small_nwb):
+    """A catalog written before epochs and new position parameters existed: registering
+    again adds what it lacks, and a stored set that a new default leaves unchanged is
+    the same set; one whose meaning changed is named with the difference."""
+    name = pipeline.register_session(catalog, small_nwb)
+    with catalog.transaction() as con:  # as an older version left it
+        con.execute("DELETE FROM task_epochs WHERE nwb_file_name = ?", [name])
+        con.execute("DELETE FROM interval_lists WHERE nwb_file_name = ? AND source = 'position'", [name])
+    old_position = {k: v for k, v in check_position_params({}).items() if k != "arena_bounds_cm"}
+    catalog.insert_position_params("default_decoding", old_position)
+    assert pipeline.register_session(catalog, small_nwb) == name
+    assert dict(zip(catalog.epochs(name)["interval_list_name"], catalog.epochs(name)["epoch_kind"])) == {
+        "00_r1": "run", "01_s1": "sleep", "02_r2": "run"}  # fmt: skip
+    assert "pos 0 valid times" in set(catalog.interval_lists(name)["interval_list_name"])
+    config = {"position_params": {"default_decoding": {}}, "waveform_features_params": {"amplitude": {}}}
+    catalog.insert_features_params("amplitude", {**check_features_params({}), "reference": "none"})
+    with pytest.raises(CatalogError, match=r"'amplitude' already exists with other parameters \(stored vs given: reference: 'none' vs 'file'\)"):
+        pipeline.ensure_parameter_sets(catalog, config)
+    assert catalog.fetch_position_params("default_decoding") == old_position  # unchanged, and accepted
