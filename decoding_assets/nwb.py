@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import re
 import warnings
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ def read_session_info(path: str | Path, led_names: dict | None = None) -> dict:
     name = Path(path).name
     with io:
         intervals: dict[str, tuple[np.ndarray, str]] = {}
-        epochs = _epochs(nwb, name)
+        epochs = _epochs(nwb)
         for epoch_name, times in epochs.items():
             intervals[epoch_name] = (times, "epoch")
         if nwb.trials is not None and len(nwb.trials) and "trial_name" in nwb.trials.colnames:
@@ -168,7 +169,7 @@ def read_session_info(path: str | Path, led_names: dict | None = None) -> dict:
 # ---------------------------------------------------------------------- epochs and tasks
 
 
-def _epochs(nwb, name: str) -> dict[str, np.ndarray]:
+def _epochs(nwb) -> dict[str, np.ndarray]:
     """{tag: (n, 2) [start, stop]} from the epochs table (an epoch with several tags
     is listed under each)."""
     out: dict[str, np.ndarray] = {}
@@ -342,7 +343,7 @@ def _segments_and_rate(timestamps, name: str) -> tuple[list[tuple[int, int]], fl
             raise NWBReadError(f"NWB file {name}: the raw series' timestamps go backwards near sample {start}.")
         breaks.extend((np.flatnonzero(step > 1.5 * rough_period) + start + 1).tolist())
     edges = [0, *breaks, n]
-    segments = [(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    segments = list(itertools.pairwise(edges))
     a, b = max(segments, key=lambda s: s[1] - s[0])
     if b - a < 2:
         return segments, 1.0 / rough_period

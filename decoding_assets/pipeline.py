@@ -34,7 +34,14 @@ from .nwb import (
     read_session_info,
     read_waveform_features,
 )
-from .position import GROUP_MAX_GAP_S, interpolate_by_time, load_position, process_position, save_position, upsample_position_group
+from .position import (
+    GROUP_MAX_GAP_S,
+    interpolate_by_time,
+    load_position,
+    process_position,
+    save_position,
+    upsample_position_group,
+)
 from .waveforms import check_features_params, extract_waveform_features, load_features, median_peak_uv, save_features
 
 DEFAULT_CONFIG = Path(__file__).with_name("decoding_configs.yaml")

@@ -49,10 +49,11 @@ one, 2.5 cm either side of the head along its heading.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from scipy import signal
@@ -60,7 +61,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from decoding_assets.decoder.simulate import simulate_open_field, spike_waveform
 
-__all__ = ["LabEpoch", "LabSessionSpec", "LabSessionTruth", "write_lab_session", "expected_trough_gain"]
+__all__ = ["LabEpoch", "LabSessionSpec", "LabSessionTruth", "expected_trough_gain", "write_lab_session"]
 
 SAMPLING_RATE = 30_000.0
 FRAME_RATE = 30.0
@@ -167,7 +168,7 @@ def _check(spec: LabSessionSpec) -> dict[int, float]:
             raise ValueError(f"Epoch tag {epoch.tag!r} must start with its number, e.g. '01_s1'.") from None
         if epoch.duration_s <= 2 * EDGE_MARGIN_S + 1.0:
             raise ValueError(f"Epoch {epoch.tag} is too short ({epoch.duration_s} s).")
-    if any(b <= a for a, b in zip(numbers, numbers[1:])):
+    if any(b <= a for a, b in itertools.pairwise(numbers)):
         raise ValueError(f"Epoch numbers must increase in time order: {[e.tag for e in spec.epochs]}.")
     mpp = spec.camera_meters_per_pixel()
     for epoch in spec.epochs:
@@ -400,7 +401,7 @@ def write_lab_session(path: str | Path, spec: LabSessionSpec = LabSessionSpec())
         spike_channels[spec.ref_elect_id] = False  # the reference wire sits where no cell is
 
     # ---- time line: epochs back to back, gap_s between one's last sample and the next's first
-    epoch_samples = [int(round(e.duration_s * SAMPLING_RATE)) for e in spec.epochs]
+    epoch_samples = [round(e.duration_s * SAMPLING_RATE) for e in spec.epochs]
     starts, t0 = [], float(spec.start_unix_s)
     for n in epoch_samples:
         starts.append(t0)
@@ -576,7 +577,7 @@ def write_lab_session(path: str | Path, spec: LabSessionSpec = LabSessionSpec())
     )
     # probes, electrode groups, electrodes
     hw_order = rng.permutation(n_channels)  # SpikeGadgets hardware channel of each row
-    bad = set(int(c) for c in spec.bad_channels)
+    bad = {int(c) for c in spec.bad_channels}
     extra = {k: [] for k in ("hwChan", "ntrode_id", "channel_id", "bad_channel", "probe_shank", "probe_electrode")}
     for tet in range(spec.n_tetrodes):
         probe = Probe(

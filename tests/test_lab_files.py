@@ -141,7 +141,7 @@ def test_default_layout(default_session):
 
 
 def test_default_truth(default_session):
-    path, truth, spec = default_session
+    path, truth, _spec = default_session
     with _read(path) as io:
         nwb = io.read()
         timestamps = nwb.acquisition["e-series"].timestamps[:]
@@ -183,7 +183,7 @@ def test_default_truth(default_session):
 
 
 def test_one_led_string_flags_reference_and_trials(variant_session):
-    path, truth, spec = variant_session
+    path, truth, _ = variant_session
     with _read(path) as io:
         nwb = io.read()
         assert [list(t) for t in nwb.epochs.to_dataframe()["tags"]] == [["01_a1"], ["02_r1"]]

@@ -13,7 +13,13 @@ from catalog import Catalog
 from decoding_assets import pipeline
 from decoding_assets.nwb import NWBReadError, open_raw_recording, read_raw_position, read_session_info
 from decoding_assets.position import load_position
-from decoding_assets.waveforms import bandpass_sos, check_features_params, extract_waveform_features, load_features, settling_samples
+from decoding_assets.waveforms import (
+    bandpass_sos,
+    check_features_params,
+    extract_waveform_features,
+    load_features,
+    settling_samples,
+)
 from tests.lab_files import LabEpoch, LabSessionSpec, write_lab_session
 
 SLEEP_RUN = LabSessionSpec()  # 01_s1 sleep box (camera 0), 02_r1 open field (camera 1, another scale)
@@ -136,7 +142,7 @@ def test_spikes_are_found_within_each_stretch_and_never_across_a_gap(lab_run):
     settling = settling_samples(bandpass_sos(check_features_params({}), truth.sampling_rate, "e-series")) / truth.sampling_rate
     edges = np.array(list(truth.epoch_times.values())).ravel()
     for row in extracted.itertuples():
-        times, features = load_features(row.path)
+        times, _ = load_features(row.path)
         found = truth.spike_times[int(row.electrode_group_name)]
         # no spike within the filter's settling time of an epoch's edge (none was put there)
         assert np.min(np.abs(times[:, None] - edges[None, :])) > settling
@@ -247,6 +253,7 @@ def test_the_sensor_reports_a_bad_file_once_and_goes_on(lab_run, tmp_path, monke
 
     import dagster as dg
 
+    from decoding_assets.definitions import defs
     from decoding_assets.defs.automation import new_nwb_files
     from decoding_assets.defs.resources import CatalogResource
 
@@ -269,6 +276,10 @@ def test_the_sensor_reports_a_bad_file_once_and_goes_on(lab_run, tmp_path, monke
         shutil.copy(lab_run["folder"] / "lab_trials.nwb", incoming / "a_broken_copy.nwb")
         third = new_nwb_files(dg.build_sensor_context(instance=instance, resources={"catalog": resource}, cursor=context.cursor))
         assert [r.partition_key for r in third] == ["a_broken_copy.nwb"]
+        # registered but not processed yet: the schedule leaves them to the sessions job
+        schedule = defs.get_schedule_def("decode_contfrag_run_missing")
+        skipped = schedule(dg.build_schedule_context(instance=instance, resources={"catalog": resource}))
+        assert skipped.skip_message == "Every interval of every processed session is decoded."
 
 
 def test_an_unexpected_failure_is_one_line(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from catalog import merge_id_for
+from catalog import CatalogError, merge_id_for
 from decoding_assets import pipeline
 
 from .parameters import parameter_sets

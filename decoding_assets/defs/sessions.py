@@ -52,10 +52,13 @@ def interval_lists(context: dg.AssetExecutionContext, catalog: CatalogResource) 
     decodable = pipeline.decodable_intervals(cat, nwb_file_name, pipeline.load_config())
     context.instance.add_dynamic_partitions(decoding_intervals_partitions.name, decodable)
     columns = ["interval_list_name", "epoch", "task_name", "task_environment", "camera_id", "epoch_kind"]
-    return dg.MaterializeResult(
-        metadata={"intervals": _table(table), "epochs": _table(epochs[columns]), "n_intervals": len(table),
-                  "decoding_intervals": ", ".join(decodable) or "none"}  # fmt: skip
-    )
+    metadata = {
+        "intervals": _table(table),
+        "epochs": _table(epochs[columns]),
+        "n_intervals": len(table),
+        "decoding_intervals": ", ".join(decodable) or "none",
+    }
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(
