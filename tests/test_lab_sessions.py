@@ -2,9 +2,8 @@
 decodes with the default configuration: register -> waveform features -> position ->
 groups -> decode, through a real Dagster instance and catalog."""
 
-import contextlib
-import io
-import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -41,24 +40,17 @@ SESSIONS = {"lab_sleep_run.nwb": SLEEP_RUN, "lab_one_led.nwb": ONE_LED, "lab_tri
 @pytest.fixture(scope="module")
 def lab_run(tmp_path_factory):
     """A folder with three lab files and one unreadable file, run as a user would:
-    ``decoding-assets run FOLDER`` with the default configuration."""
-    from decoding_assets.cli import run_files
-
+    ``decoding-assets run FOLDER`` in its own process, with the default configuration."""
     folder = tmp_path_factory.mktemp("lab_files")
     truths = {name: write_lab_session(folder / name, spec) for name, spec in SESSIONS.items()}
     (folder / "a_broken_copy.nwb").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # a copy cut short
-    saved = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "DECODING_ASSETS_HOME")}
     home = tmp_path_factory.mktemp("home")
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = run_files(home, [folder])
-    yield {"home": home, "folder": folder, "truths": truths, "status": status, "out": out.getvalue(),
-           "err": err.getvalue(), "catalog": Catalog(home / "catalog.duckdb")}  # fmt: skip
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    done = subprocess.run(
+        [sys.executable, "-m", "decoding_assets.cli", "--home", str(home), "run", str(folder)],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    return {"home": home, "folder": folder, "truths": truths, "status": done.returncode, "out": done.stdout,
+            "err": done.stderr, "catalog": Catalog(home / "catalog.duckdb")}  # fmt: skip
 
 
 def test_a_folder_of_lab_files_is_registered_and_decoded(lab_run):
@@ -253,7 +245,7 @@ def test_the_sensor_reports_a_bad_file_once_and_goes_on(lab_run, tmp_path, monke
 
     import dagster as dg
 
-    from decoding_assets.definitions import defs
+    from decoding_assets.definitions import build_definitions
     from decoding_assets.defs.automation import new_nwb_files
     from decoding_assets.defs.resources import CatalogResource
 
@@ -277,7 +269,7 @@ def test_the_sensor_reports_a_bad_file_once_and_goes_on(lab_run, tmp_path, monke
         third = new_nwb_files(dg.build_sensor_context(instance=instance, resources={"catalog": resource}, cursor=context.cursor))
         assert [r.partition_key for r in third] == ["a_broken_copy.nwb"]
         # registered but not processed yet: the schedule leaves them to the sessions job
-        schedule = defs.get_schedule_def("decode_contfrag_run_missing")
+        schedule = build_definitions(pipeline.load_config()).get_schedule_def("decode_contfrag_run_missing")
         skipped = schedule(dg.build_schedule_context(instance=instance, resources={"catalog": resource}))
         assert skipped.skip_message == "Every interval of every processed session is decoded."
 
