@@ -1,10 +1,18 @@
-"""The lineage catalog: a DuckDB file and typed functions around it (no Dagster).
+"""The lineage catalog: typed functions around a DuckDB file or a PostgreSQL server
+(through DuckDB). No Dagster, nothing of the decoder.
 
     from catalog import Catalog
-    cat = Catalog("decoding.duckdb")
+    cat = Catalog("decoding.duckdb")                   # or Catalog("postgresql://me@labserver/decoding")
     cat.sessions(); cat.outputs(); cat.query("SELECT ... WHERE nwb_file_name = ?", [name])
 """
 
-from .core import SELECTION_FIELDS, Catalog, CatalogError, check_name, file_checksum, merge_id_for
+from .core import Catalog
+from .decodes import DecodeSources, FeaturesSource, PositionSource
+from .errors import CatalogError, check_name, current_user, file_checksum
+from .migrate import copy_catalog
+from .selection import SELECTION_FIELDS, DecodingSelection
 
-__all__ = ["SELECTION_FIELDS", "Catalog", "CatalogError", "check_name", "file_checksum", "merge_id_for"]
+__all__ = [
+    "SELECTION_FIELDS", "Catalog", "CatalogError", "DecodeSources", "DecodingSelection", "FeaturesSource",
+    "PositionSource", "check_name", "copy_catalog", "current_user", "file_checksum",
+]  # fmt: skip

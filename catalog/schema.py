@@ -1,11 +1,21 @@
-"""The catalog's tables, in one place. Names follow the labs' vocabulary (WORKFLOW.md).
+"""The catalog's tables, in one place. DuckDB runs the same statements on a DuckDB
+file and on a PostgreSQL server (its postgres extension creates the tables there, with
+their keys and checks), so both backends hold the same schema.
 
 Keys are the natural names users already use (``nwb_file_name``,
 ``interval_list_name``, ...). Every file the catalog hands out a path for is recorded
 in ``written_files``, so ``cleanup`` can tell its own orphans from anyone else's files.
+``created_by`` (``user@host``) says who wrote a row; NULL in rows written before it
+was recorded. Tables are listed parents first.
+
+Two limits of DuckDB's postgres extension shape the SQL (a process that did not create
+the tables sees them as the server describes them): statements that insert with ON
+CONFLICT give every column a value, since DuckDB builds those rows itself and does not
+know the server's column defaults; and parameters and versions are JSON text in VARCHAR
+columns, since DuckDB cannot update a server's json column.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES = [
     """
@@ -21,7 +31,8 @@ TABLES = [
         subject_id VARCHAR,
         session_description VARCHAR,
         session_start_time VARCHAR,
-        registered_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+        registered_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        created_by VARCHAR
     )""",
     """
     CREATE TABLE IF NOT EXISTS interval_lists (
@@ -56,7 +67,9 @@ TABLES = [
     """
     CREATE TABLE IF NOT EXISTS waveform_features_params (
         features_param_name VARCHAR PRIMARY KEY,
-        params JSON NOT NULL
+        params VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ DEFAULT current_timestamp,
+        created_by VARCHAR
     )""",
     """
     CREATE TABLE IF NOT EXISTS waveform_features (
@@ -80,10 +93,11 @@ TABLES = [
         raw_series_name VARCHAR NOT NULL,
         electrode_ids BIGINT[] NOT NULL,
         bad_electrode_ids BIGINT[] NOT NULL,
-        params JSON NOT NULL,
+        params VARCHAR NOT NULL,
         code_version VARCHAR NOT NULL,
         run_seconds DOUBLE NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        created_by VARCHAR,
         PRIMARY KEY (nwb_file_name, electrode_group_name, features_param_name),
         FOREIGN KEY (nwb_file_name, electrode_group_name, features_param_name)
             REFERENCES waveform_features (nwb_file_name, electrode_group_name, features_param_name)
@@ -93,6 +107,7 @@ TABLES = [
         nwb_file_name VARCHAR NOT NULL REFERENCES sessions (nwb_file_name),
         waveform_features_group_name VARCHAR NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        created_by VARCHAR,
         PRIMARY KEY (nwb_file_name, waveform_features_group_name)
     )""",
     """
@@ -108,7 +123,9 @@ TABLES = [
     """
     CREATE TABLE IF NOT EXISTS position_params (
         trodes_pos_params_name VARCHAR PRIMARY KEY,
-        params JSON NOT NULL
+        params VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ DEFAULT current_timestamp,
+        created_by VARCHAR
     )""",
     """
     CREATE TABLE IF NOT EXISTS position_outputs (
@@ -119,6 +136,7 @@ TABLES = [
         n_samples BIGINT NOT NULL,
         checksum VARCHAR NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        created_by VARCHAR,
         PRIMARY KEY (nwb_file_name, interval_list_name, trodes_pos_params_name),
         FOREIGN KEY (nwb_file_name, interval_list_name) REFERENCES interval_lists (nwb_file_name, interval_list_name)
     )""",
@@ -129,6 +147,7 @@ TABLES = [
         upsample_rate DOUBLE NOT NULL,
         position_variables VARCHAR[] NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        created_by VARCHAR,
         PRIMARY KEY (nwb_file_name, position_group_name)
     )""",
     """
@@ -144,8 +163,9 @@ TABLES = [
     """
     CREATE TABLE IF NOT EXISTS decoding_params (
         decoding_param_name VARCHAR PRIMARY KEY,
-        params JSON NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+        params VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        created_by VARCHAR
     )""",
     """
     CREATE TABLE IF NOT EXISTS decoding_selections (
@@ -157,6 +177,7 @@ TABLES = [
         decoding_interval VARCHAR NOT NULL,
         estimate_decoding_params BOOLEAN NOT NULL,
         merge_id VARCHAR NOT NULL UNIQUE,
+        created_by VARCHAR,
         PRIMARY KEY (nwb_file_name, waveform_features_group_name, position_group_name, decoding_param_name,
                      encoding_interval, decoding_interval, estimate_decoding_params),
         FOREIGN KEY (nwb_file_name, waveform_features_group_name)
@@ -174,11 +195,12 @@ TABLES = [
         checksum VARCHAR NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
         code_version VARCHAR NOT NULL,
-        input_versions JSON NOT NULL,
+        input_versions VARCHAR NOT NULL,
         n_time_bins BIGINT NOT NULL,
         run_seconds DOUBLE NOT NULL,
         device VARCHAR NOT NULL,
-        median_decoding_error_cm DOUBLE
+        median_decoding_error_cm DOUBLE,
+        created_by VARCHAR
     )""",
     """
     CREATE TABLE IF NOT EXISTS lineage (
@@ -192,6 +214,25 @@ TABLES = [
     CREATE TABLE IF NOT EXISTS written_files (
         path VARCHAR PRIMARY KEY,
         kind VARCHAR NOT NULL,
-        written_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+        written_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        created_by VARCHAR
     )""",
 ]
+
+TABLE_NAMES = [ddl.split("CREATE TABLE IF NOT EXISTS ")[1].split()[0] for ddl in TABLES]
+
+# what each version adds to a catalog made by the one before
+UPGRADES = {
+    2: [
+        "ALTER TABLE waveform_features_params ADD COLUMN IF NOT EXISTS created_at TIMESTAMPTZ",
+        "ALTER TABLE position_params ADD COLUMN IF NOT EXISTS created_at TIMESTAMPTZ",
+        *(
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS created_by VARCHAR"
+            for table in (
+                "sessions", "waveform_features_params", "waveform_features_files", "waveform_features_groups",
+                "position_params", "position_outputs", "position_groups", "decoding_params", "decoding_selections",
+                "decoding_outputs", "written_files",
+            )
+        ),
+    ],
+}  # fmt: skip

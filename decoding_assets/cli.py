@@ -5,43 +5,85 @@
     decoding-assets register PATH   # register an NWB file (and its partitions)
     decoding-assets run PATH...     # register NWB files (or folders of them), process and decode them
     decoding-assets cleanup --yes   # delete output files no result references any more
+    decoding-assets catalog migrate --to postgresql://me@labserver/decoding   # copy this catalog into the lab's
+    decoding-assets catalog delete MERGE_ID [--force]                         # forget a decoding output
 
 Everything lives under ``--home`` (default ``$DECODING_ASSETS_HOME`` or
 ``./.decoding_assets``): the catalog, the outputs, the watched folder ``incoming/`` and
-the Dagster instance ``dagster/``.
+the Dagster instance ``dagster/``. ``--catalog`` (or ``$DECODING_ASSETS_CATALOG``) names
+another catalog, e.g. the lab's ``postgresql://user@host/dbname``; with it, ``--outputs``
+(or ``$DECODING_ASSETS_OUTPUTS``) names a folder every worker reaches, and Dagster keeps
+its runs in the database ``<dbname>_dagster`` on the same server.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-DAGSTER_YAML = """\
-# Written by decoding-assets. Decoding steps share the "gpu" concurrency pool: one at a
-# time on this machine (raise default_limit, or set a limit for the pool, for more GPUs).
+WRITTEN_BY = "# Written by decoding-assets"
+DAGSTER_YAML = WRITTEN_BY + """ (edit freely: once edited, it is left alone). Decoding steps
+# share the "gpu" concurrency pool: one at a time, on every machine using this instance.
+# For more GPUs, set the pool's limit: `dagster instance concurrency set gpu 4` (changing
+# default_limit once the pool exists makes its runs fail).
 concurrency:
   pools:
     default_limit: 1
 telemetry:
   enabled: false
 """
+# psycopg2 is the driver dagster-postgres brings; a bare postgresql:// means psycopg 3
+# to SQLAlchemy 2.1
+POSTGRES_STORAGE = """storage:
+  postgres:
+    postgres_url: "{url}"
+"""
 
 
 def _setup_home(home: Path) -> Path:
-    """Point the library and Dagster at ``home``; returns the Dagster instance folder."""
+    """Point the library and Dagster at ``home`` (and at the catalog named by
+    ``$DECODING_ASSETS_CATALOG``); returns the Dagster instance folder. With a
+    PostgreSQL catalog, Dagster's runs, events and schedules go to the database
+    ``<dbname>_dagster`` on the same server (created if missing)."""
     home = home.resolve()
     (home / "incoming").mkdir(parents=True, exist_ok=True)
     dagster_home = home / "dagster"
     dagster_home.mkdir(exist_ok=True)
-    config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
     os.environ["DECODING_ASSETS_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
+    from decoding_assets.defs.resources import catalog_location
+
+    text = DAGSTER_YAML
+    location = catalog_location()
+    if location.startswith(("postgresql://", "postgres://")):
+        text += POSTGRES_STORAGE.format(url=_dagster_database(location))
+    config = dagster_home / "dagster.yaml"
+    if not config.exists() or (config.read_text().startswith(WRITTEN_BY) and config.read_text() != text):
+        config.write_text(text)
     return dagster_home
+
+
+def _dagster_database(catalog_url: str) -> str:
+    """The URL of Dagster's own database beside the catalog's, created if missing."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+    from psycopg2 import sql
+
+    parts = urlsplit(catalog_url)
+    name = parts.path.lstrip("/") + "_dagster"
+    with contextlib.closing(psycopg2.connect(urlunsplit(parts._replace(scheme="postgresql", path="/postgres")))) as con:
+        con.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        with con.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+            if cursor.fetchone() is None:
+                with contextlib.suppress(psycopg2.errors.DuplicateDatabase):  # another process made it first
+                    cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg2", path="/" + name))
 
 
 def _default_home() -> Path:
@@ -115,7 +157,7 @@ def run_demo(
         say(f"Writing the demo session to {path} ...")
         write_demo_session(path, n_tetrodes=n_tetrodes, epoch_durations=epoch_durations, trial_duration=trial_duration)
     nwb_file_name, _ = register_file(catalog, instance, path, config)
-    say(f"Registered {nwb_file_name} in {catalog.catalog_path}")
+    say(f"Registered {nwb_file_name} in {catalog.location}")
     failures = _materialize(defs, instance, catalog, config, [nwb_file_name], say)
     if failures:
         raise RuntimeError("The demo failed: " + "; ".join(failures))
@@ -128,9 +170,10 @@ def run_demo(
     say(outputs[OUTPUT_COLUMNS].to_string(index=False))
     example = outputs["merge_id"].iloc[0] if len(outputs) else "<merge_id>"
     say(
-        f"\nCatalog: {catalog.catalog_path}\n"
+        f"\nCatalog: {catalog.location}\n"
         f"Open the UI with:  {sys.argv[0]} --home {home} ui\n"
-        f"In Python:         from catalog import Catalog; Catalog({catalog.catalog_path!r}).fetch_results({example!r})"
+        f"In Python:         from catalog import Catalog; from decoding_assets.fetch import fetch_results\n"
+        f"                   fetch_results(Catalog({catalog.location!r}), {example!r})"
     )
     return outputs.to_dict("records")
 
@@ -183,6 +226,8 @@ def run_files(home: Path, paths: list[Path]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="decoding-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=_default_home(), help="catalog, outputs and Dagster instance folder")
+    parser.add_argument("--catalog", help="the catalog: a DuckDB file or postgresql://user@host/dbname (default: in --home)")
+    parser.add_argument("--outputs", type=Path, help="where outputs are written (default: outputs/ in --home)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="make the demo session, register it and decode it end to end")
     demo.add_argument("--tetrodes", type=int, default=8)
@@ -195,7 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     cleanup = sub.add_parser("cleanup", help="delete output files this catalog wrote that nothing references")
     cleanup.add_argument("--yes", action="store_true", help="delete (default: only list)")
     cleanup.add_argument("--min-age-s", type=float, default=3600.0, help="spare files younger than this")
+    catalog = sub.add_parser("catalog", help="move or prune the catalog")
+    catalog_sub = catalog.add_subparsers(dest="action", required=True)
+    migrate = catalog_sub.add_parser("migrate", help="copy this catalog into another (e.g. the lab's); again: a no-op")
+    migrate.add_argument("--to", required=True, help="the target: postgresql://user@host/dbname or a DuckDB file")
+    delete = catalog_sub.add_parser("delete", help="forget a decoding output (its files go at the next cleanup)")
+    delete.add_argument("merge_id")
+    delete.add_argument("--force", action="store_true", help="even one another user made")
     args = parser.parse_args(argv)
+    if args.catalog:
+        os.environ["DECODING_ASSETS_CATALOG"] = args.catalog
+    if args.outputs:
+        os.environ["DECODING_ASSETS_OUTPUTS"] = str(args.outputs.resolve())
 
     if args.command == "demo":
         run_demo(args.home, n_tetrodes=args.tetrodes)
@@ -220,6 +276,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Registered {name}; decoding intervals: {', '.join(intervals) or 'none'}")
     elif args.command == "run":
         return run_files(args.home, args.paths)
+    elif args.command == "catalog":
+        _setup_home(args.home)
+        from catalog import Catalog, CatalogError, copy_catalog
+        from decoding_assets.defs.resources import default_catalog_resource
+
+        try:
+            source = default_catalog_resource().get()
+            if args.action == "migrate":
+                copied = copy_catalog(source, Catalog(args.to))
+                print(f"Copied {sum(copied.values())} row(s) from {source.location} to {args.to}"
+                      + "".join(f"\n  {table}: {n}" for table, n in copied.items() if n))  # fmt: skip
+            else:
+                source.delete_output(args.merge_id, force=args.force)
+                print(f"Deleted the decoding output {args.merge_id}; `decoding-assets cleanup --yes` removes its files.")
+        except CatalogError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     elif args.command == "cleanup":
         _setup_home(args.home)
         from decoding_assets.defs.resources import default_catalog_resource

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from catalog import Catalog, CatalogError, file_checksum
+from catalog import Catalog, CatalogError, DecodeSources, DecodingSelection, file_checksum
 
 from . import __version__
 from .decoder import load_results, save_results
+from .models import decoding_model, store_decoding_params
 from .nwb import (
     NoRawRecordingError,
     NWBReadError,
@@ -237,7 +238,7 @@ def ensure_parameter_sets(catalog: Catalog, config: dict) -> dict[str, list[str]
         if not _stored_as(catalog.fetch_position_params, name, checked, check_position_params):
             catalog.insert_position_params(name, checked)
     for name, params in (config.get("decoding_params") or {}).items():
-        catalog.insert_decoding_params(name, params or {})
+        store_decoding_params(catalog, name, params or {})
     for name, params in (config.get("waveform_features_params") or {}).items():
         try:
             checked = check_features_params(params)
@@ -336,20 +337,19 @@ def _features_version(features, params: dict) -> str:
     return digest.hexdigest()
 
 
-def read_features_group(catalog: Catalog, nwb_file_name: str, waveform_features_group_name: str) -> list[WaveformFeatures]:
-    """Spike times and features of each electrode group of a waveform features group,
-    from the NWB file or from the files extracted from its raw recording."""
-    group = catalog.fetch_features_group(nwb_file_name, waveform_features_group_name)
-    names_in_nwb = group.loc[group["path"].isna(), "electrode_group_name"].tolist()
+def read_features(nwb_path: str, sources) -> list[WaveformFeatures]:
+    """Spike times and features of each electrode group of a waveform features group
+    (``FeaturesSource`` rows, in order), from the NWB file or from the files extracted
+    from its raw recording."""
+    in_nwb_names = [s.electrode_group_name for s in sources if s.path is None]
     in_nwb = {}
-    if names_in_nwb:  # a session recorded only raw has no features in its NWB file
-        nwb_path = catalog.fetch_session(nwb_file_name)["nwb_path"]
-        in_nwb = {f.electrode_group_name: f for f in read_waveform_features(nwb_path, names_in_nwb)}
+    if in_nwb_names:  # a session recorded only raw has no features in its NWB file
+        in_nwb = {f.electrode_group_name: f for f in read_waveform_features(nwb_path, in_nwb_names)}
     return [
-        in_nwb[row.electrode_group_name]
-        if not isinstance(row.path, str)
-        else WaveformFeatures(row.electrode_group_name, row.features_param_name, *load_features(row.path))
-        for row in group.itertuples()
+        in_nwb[s.electrode_group_name]
+        if s.path is None
+        else WaveformFeatures(s.electrode_group_name, s.features_param_name, *load_features(s.path))
+        for s in sources
     ]
 
 
@@ -454,14 +454,14 @@ def encoding_interval_for(catalog: Catalog, nwb_file_name: str, config: Decoding
     raise CatalogError(f"No epoch of {nwb_file_name} contains interval {decoding_interval!r}; name an encoding interval.")
 
 
-def select(catalog: Catalog, nwb_file_name: str, decoding_interval: str, config: DecodingConfig) -> str:
-    """Insert the decoding selection of a configuration for one interval; its merge_id."""
+def selection_for(catalog: Catalog, nwb_file_name: str, decoding_interval: str, config: DecodingConfig) -> DecodingSelection:
+    """The decoding selection a configuration makes for one interval of a session."""
     if decoding_interval not in decoding_intervals(catalog, nwb_file_name, config):
         raise CatalogError(
             f"Decoding {config.name!r} does not decode interval {decoding_interval!r} of {nwb_file_name} "
             f"(it decodes intervals matching {config.decoding_intervals!r} that the session has)."
         )
-    return catalog.insert_selection(
+    return DecodingSelection(
         nwb_file_name=nwb_file_name,
         waveform_features_group_name=config.waveform_features_group_name,
         position_group_name=config.position_group_name,
@@ -472,55 +472,59 @@ def select(catalog: Catalog, nwb_file_name: str, decoding_interval: str, config:
     )
 
 
+def select(catalog: Catalog, nwb_file_name: str, decoding_interval: str, config: DecodingConfig) -> str:
+    """Insert the decoding selection of a configuration for one interval; its merge_id."""
+    return catalog.insert_selection(selection_for(catalog, nwb_file_name, decoding_interval, config))
+
+
 # ---------------------------------------------------------------------- decoding
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class DecodingInputs:
     """Everything a decode reads, for one selection."""
 
-    selection: dict
+    sources: DecodeSources  # what the catalog holds for it
     position: pd.DataFrame  # the position group, upsampled; index time
-    position_variables: list[str]
     spike_times: list[np.ndarray]
     spike_waveform_features: list[np.ndarray]
     electrode_group_names: list[str]
-    encoding_times: np.ndarray  # (n, 2)
-    decoding_times: np.ndarray  # (n, 2)
     versions: dict[str, dict[str, str]]
+
+    @property
+    def selection(self) -> DecodingSelection:
+        return self.sources.selection
+
+    @property
+    def position_variables(self) -> list[str]:
+        return list(self.sources.position_variables)
 
 
 def load_decoding_inputs(catalog: Catalog, merge_id: str) -> DecodingInputs:
-    selection = catalog.fetch_selection(merge_id)
-    nwb_file_name = selection["nwb_file_name"]
-    session = catalog.fetch_session(nwb_file_name)
-    group = catalog.fetch_features_group(nwb_file_name, selection["waveform_features_group_name"])
-    features = read_features_group(catalog, nwb_file_name, selection["waveform_features_group_name"])
-    position_group = catalog.fetch_position_group(nwb_file_name, selection["position_group_name"])
-    members = position_group["members"]
-    position = upsample_position_group([load_position(p) for p in members["path"]], position_group["upsample_rate"])
+    """One catalog read, then the files it names."""
+    sources = catalog.fetch_decode_sources(merge_id)
+    selection = sources.selection
+    features = read_features(sources.nwb_path, sources.features)
+    position = upsample_position_group([load_position(p.path) for p in sources.position], sources.upsample_rate)
     versions = {
-        "session": {nwb_file_name: session["content_hash"]},
-        "waveform_features": dict(zip(group["electrode_group_name"], group["content_hash"])),
-        "position": {f"{r.interval_list_name}/{r.trodes_pos_params_name}": r.checksum for r in members.itertuples()},
-        "decoding_params": {selection["decoding_param_name"]: _params_version(catalog, selection["decoding_param_name"])},
+        "session": {selection.nwb_file_name: sources.session_content_hash},
+        "waveform_features": {f.electrode_group_name: f.content_hash for f in sources.features},
+        "position": {f"{p.interval_list_name}/{p.trodes_pos_params_name}": p.checksum for p in sources.position},
+        "decoding_params": {selection.decoding_param_name: _params_version(sources.decoding_params)},
         "code": {"decoding_assets": __version__},
     }
     return DecodingInputs(
-        selection=selection,
+        sources=sources,
         position=position,
-        position_variables=position_group["position_variables"],
         spike_times=[f.times for f in features],
         spike_waveform_features=[f.features for f in features],
         electrode_group_names=[f.electrode_group_name for f in features],
-        encoding_times=catalog.fetch_interval_list(nwb_file_name, selection["encoding_interval"]),
-        decoding_times=catalog.fetch_interval_list(nwb_file_name, selection["decoding_interval"]),
         versions=versions,
     )
 
 
-def _params_version(catalog: Catalog, name: str) -> str:
-    return hashlib.blake2b(json.dumps(catalog.fetch_decoding_params(name), sort_keys=True).encode(), digest_size=10).hexdigest()
+def _params_version(params: dict) -> str:
+    return hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=10).hexdigest()
 
 
 def _within(times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
@@ -536,43 +540,43 @@ def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False)
     both with their lineage. Returns what was recorded plus run metadata."""
     started = clock.perf_counter()
     inputs = load_decoding_inputs(catalog, merge_id)
-    selection = inputs.selection
-    where = f"session {selection['nwb_file_name']}"
-    model = catalog.fetch_decoding_model(selection["decoding_param_name"], device=device)
+    selection, sources = inputs.selection, inputs.sources
+    where = f"session {selection.nwb_file_name}"
+    model = decoding_model(sources.decoding_params, device=device)
     model.clusterless_algorithm_params["disable_progress_bar"] = not progress
     position_time = inputs.position.index.to_numpy()
     position = inputs.position[inputs.position_variables].to_numpy()
     tracked = ~np.isnan(position).any(axis=1)
-    is_training = _within(position_time, inputs.encoding_times) & tracked
+    is_training = _within(position_time, sources.encoding_times) & tracked
     if not is_training.any():
         raise CatalogError(
-            f"{where}: encoding interval {selection['encoding_interval']!r} has no tracked position samples in "
-            f"position group {selection['position_group_name']!r}."
+            f"{where}: encoding interval {selection.encoding_interval!r} has no tracked position samples in "
+            f"position group {selection.position_group_name!r}."
         )
     fs = model.sampling_frequency
     # the decoding interval needs no position (replay in a sleep epoch); where the
     # position group covers it, the decoding error is measured
-    pieces = [np.arange(start, stop, 1.0 / fs) for start, stop in inputs.decoding_times]
+    pieces = [np.arange(start, stop, 1.0 / fs) for start, stop in sources.decoding_times]
 
-    path, model_path = catalog.output_paths(merge_id)
+    path, model_path = catalog.output_paths(selection)
     attrs = {
-        "nwb_file_name": selection["nwb_file_name"],
-        "decoding_interval": selection["decoding_interval"],
-        "encoding_interval": selection["encoding_interval"],
+        "nwb_file_name": selection.nwb_file_name,
+        "decoding_interval": selection.decoding_interval,
+        "encoding_interval": selection.encoding_interval,
         "merge_id": merge_id,
-        "decoding_param_name": selection["decoding_param_name"],
+        "decoding_param_name": selection.decoding_param_name,
         "code_version": __version__,
     }
-    if selection["estimate_decoding_params"]:
+    if selection.estimate_decoding_params:
         # EM over the span of the interval, times outside its pieces treated as missing
         # (EM keeps its results in memory)
-        span = np.arange(inputs.decoding_times[0, 0], inputs.decoding_times[-1, 1], 1.0 / fs)
+        span = np.arange(sources.decoding_times[0, 0], sources.decoding_times[-1, 1], 1.0 / fs)
         results = model.estimate_parameters(
             position_time, position, inputs.spike_times, inputs.spike_waveform_features, time=span,
-            is_training=is_training, is_missing=~_within(span, inputs.decoding_times),
+            is_training=is_training, is_missing=~_within(span, sources.decoding_times),
         )  # fmt: skip
         label = np.full(span.size, -1)
-        for k, piece in enumerate(inputs.decoding_times):
+        for k, piece in enumerate(sources.decoding_times):
             label[_within(span, piece[np.newaxis])] = k
         results = results.assign_coords(interval_labels=("time", label)).isel(time=label >= 0)
         results.attrs.update(attrs, device=model.device_)

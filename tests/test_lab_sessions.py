@@ -2,6 +2,7 @@
 decodes with the default configuration: register -> waveform features -> position ->
 groups -> decode, through a real Dagster instance and catalog."""
 
+import os
 import subprocess
 import sys
 
@@ -38,19 +39,20 @@ SESSIONS = {"lab_sleep_run.nwb": SLEEP_RUN, "lab_one_led.nwb": ONE_LED, "lab_tri
 
 
 @pytest.fixture(scope="module")
-def lab_run(tmp_path_factory):
+def lab_run(tmp_path_factory, new_catalog):
     """A folder with three lab files and one unreadable file, run as a user would:
     ``decoding-assets run FOLDER`` in its own process, with the default configuration."""
     folder = tmp_path_factory.mktemp("lab_files")
     truths = {name: write_lab_session(folder / name, spec) for name, spec in SESSIONS.items()}
     (folder / "a_broken_copy.nwb").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # a copy cut short
     home = tmp_path_factory.mktemp("home")
+    place = new_catalog()
     done = subprocess.run(
         [sys.executable, "-m", "decoding_assets.cli", "--home", str(home), "run", str(folder)],
-        capture_output=True, text=True, timeout=1200,
+        capture_output=True, text=True, timeout=1200, env={**os.environ, **place.environ},
     )  # fmt: skip
     return {"home": home, "folder": folder, "truths": truths, "status": done.returncode, "out": done.stdout,
-            "err": done.stderr, "catalog": Catalog(home / "catalog.duckdb")}  # fmt: skip
+            "err": done.stderr, "catalog": Catalog(place.location, place.output_dir)}  # fmt: skip
 
 
 def test_a_folder_of_lab_files_is_registered_and_decoded(lab_run):
@@ -75,7 +77,7 @@ def test_a_folder_of_lab_files_is_registered_and_decoded(lab_run):
         for merge_id in outputs["merge_id"]:
             selection = catalog.fetch_selection(merge_id)
             epoch = "02_r1" if name != "lab_one_led.nwb" else "01_a1"
-            assert selection["encoding_interval"] == epoch
+            assert selection.encoding_interval == epoch
 
 
 def test_epochs_are_told_apart_by_task_then_tag(lab_run):
@@ -189,7 +191,7 @@ def test_sleep_epochs_decode_replay_when_a_configuration_asks(lab_run, tmp_path)
     assert config["decodings"][0].name == "contfrag_run"
 
 
-def test_an_ambiguous_position_layout_names_the_series_and_the_key(tmp_path):
+def test_an_ambiguous_position_layout_names_the_series_and_the_key(tmp_path, new_catalog):
     import datetime as dt
 
     from pynwb import NWBHDF5IO, NWBFile
@@ -212,7 +214,7 @@ def test_an_ambiguous_position_layout_names_the_series_and_the_key(tmp_path):
     assert len(sources) == 1 and sources[0].name == "red, green"
     np.testing.assert_allclose(sources[0].front[:, 0] - sources[0].back[:, 0], -1.0)  # cm
     # the configuration's mapping settles it for registration too
-    catalog = Catalog(tmp_path / "catalog.duckdb")
+    catalog = Catalog(new_catalog().location)
     config = {"position_series": {"three_*.nwb": {"front": "red", "back": "green"}}}
     assert pipeline.register_session(catalog, path, config) == "three_leds.nwb"
     assert "pos 0 valid times" in set(catalog.interval_lists("three_leds.nwb")["interval_list_name"])
@@ -240,7 +242,7 @@ def test_a_single_processed_series_is_the_head(tmp_path):
     np.testing.assert_allclose(source.front, data)
 
 
-def test_the_sensor_reports_a_bad_file_once_and_goes_on(lab_run, tmp_path, monkeypatch):
+def test_the_sensor_reports_a_bad_file_once_and_goes_on(lab_run, tmp_path, monkeypatch, new_catalog):
     import shutil
 
     import dagster as dg
@@ -255,7 +257,8 @@ def test_the_sensor_reports_a_bad_file_once_and_goes_on(lab_run, tmp_path, monke
     shutil.copy(lab_run["folder"] / "a_broken_copy.nwb", incoming / "a_broken_copy.nwb")
     for name in ("lab_one_led.nwb", "lab_sleep_run.nwb"):
         shutil.copy(lab_run["folder"] / name, incoming / name)
-    resource = CatalogResource(catalog_path=str(tmp_path / "catalog.duckdb"))
+    place = new_catalog()
+    resource = CatalogResource(location=place.location, output_dir=str(place.output_dir))
     with dg.DagsterInstance.ephemeral() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"catalog": resource})
         first = new_nwb_files(context)

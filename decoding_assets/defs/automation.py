@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from catalog import CatalogError, merge_id_for
+from catalog import CatalogError
 from decoding_assets import pipeline
 
 from .parameters import parameter_sets
@@ -106,16 +106,7 @@ def build_missing_decodes_schedule(config: pipeline.DecodingConfig, job) -> dg.S
             context.instance.add_dynamic_partitions(sessions_partitions.name, [nwb_file_name])
             context.instance.add_dynamic_partitions(decoding_intervals_partitions.name, intervals)
             for interval in intervals:
-                selection = {
-                    "nwb_file_name": nwb_file_name,
-                    "waveform_features_group_name": config.waveform_features_group_name,
-                    "position_group_name": config.position_group_name,
-                    "decoding_param_name": config.decoding_param_name,
-                    "encoding_interval": pipeline.encoding_interval_for(cat, nwb_file_name, config, interval),
-                    "decoding_interval": interval,
-                    "estimate_decoding_params": config.estimate_decoding_params,
-                }
-                if merge_id_for(selection) in decoded:
+                if pipeline.selection_for(cat, nwb_file_name, interval, config).merge_id in decoded:
                     continue
                 key = dg.MultiPartitionKey({"session": nwb_file_name, "interval": interval})
                 requests.append(dg.RunRequest(partition_key=key))

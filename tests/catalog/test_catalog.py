@@ -1,7 +1,7 @@
-"""The catalog API on a real DuckDB file and real NWB files."""
+"""The catalog API on a real DuckDB file and on a real PostgreSQL server, with real NWB
+files."""
 
 import json
-import multiprocessing as mp
 import shutil
 from pathlib import Path
 
@@ -9,24 +9,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from catalog import Catalog, CatalogError, check_name
+from catalog import Catalog, CatalogError, DecodingSelection, check_name
 from decoding_assets import pipeline
+from decoding_assets.fetch import fetch_environments, fetch_model, fetch_position_info, fetch_results, fetch_spike_data
+from decoding_assets.models import fetch_decoding_model, store_decoding_params
 from decoding_assets.nwb import NWBReadError
 from decoding_assets.position import check_position_params
 from decoding_assets.waveforms import check_features_params
 
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
-def catalog(tmp_path):
-    return Catalog(tmp_path / "catalog.duckdb")
+def catalog(new_catalog):
+    place = new_catalog()
+    return Catalog(place.location, place.output_dir)
 
 
 @pytest.fixture(scope="module")
-def decoded(small_nwb, tmp_path_factory):
+def decoded(small_nwb, tmp_path_factory, new_catalog):
     """A catalog with the small session processed and one trial decoded."""
     folder = tmp_path_factory.mktemp("decoded")
     nwb = shutil.copy(small_nwb, folder / "small.nwb")
-    cat = Catalog(folder / "catalog.duckdb")
+    place = new_catalog()
+    cat = Catalog(place.location, place.output_dir)
     config = pipeline.load_config()
     name = pipeline.register_session(cat, nwb)
     pipeline.ensure_parameter_sets(cat, config)
@@ -43,7 +49,9 @@ def test_register_session_records_everything(catalog, small_nwb):
     assert name == "small.nwb"
     assert pipeline.register_session(catalog, small_nwb) == name  # idempotent
     intervals = catalog.interval_lists(name)
-    assert {"00_r1", "01_s1", "02_r2", "epoch0_block1_trial1", "pos 0 valid times"} <= set(intervals["interval_list_name"])
+    assert {"00_r1", "01_s1", "02_r2", "epoch0_block1_trial1", "pos 0 valid times"} <= set(
+        intervals["interval_list_name"]
+    )
     np.testing.assert_allclose(catalog.fetch_interval_list(name, "01_s1"), [[60.0, 70.0]])
     features = catalog.waveform_features(name)
     assert list(features["electrode_group_name"]) == [f"tetrode_{i:02d}" for i in range(4)]
@@ -70,16 +78,16 @@ def test_groups(catalog, small_nwb):
 
 
 def test_decoding_parameters_round_trip(catalog):
-    stored = catalog.insert_decoding_params("wide", {"block_size": 10000, "position_std": 12.0, "waveform_std": 24.0})
+    stored = store_decoding_params(catalog, "wide", {"block_size": 10000, "position_std": 12.0, "waveform_std": 24.0})
     assert catalog.fetch_decoding_params("wide") == stored
-    model = catalog.fetch_decoding_model("wide")
+    model = fetch_decoding_model(catalog, "wide")
     assert model.clusterless_algorithm_params["position_std"] == 12.0
     assert model.to_dict() == stored
-    catalog.insert_decoding_params("wide", stored)  # the same parameters again: fine
+    store_decoding_params(catalog, "wide", stored)  # the same parameters again: fine
     with pytest.raises(CatalogError, match="already exists with other parameters"):
-        catalog.insert_decoding_params("wide", {"position_std": 8.0})
+        store_decoding_params(catalog, "wide", {"position_std": 8.0})
     with pytest.raises(ValueError, match="Unknown decoding parameter"):
-        catalog.insert_decoding_params("typo", {"postion_std": 8.0})
+        store_decoding_params(catalog, "typo", {"postion_std": 8.0})
     with pytest.raises(CatalogError, match="Unknown decoding_param_name 'nope'; known: \\['wide'\\]"):
         catalog.fetch_decoding_params("nope")
 
@@ -90,37 +98,36 @@ def test_selection_needs_every_name(decoded):
         nwb_file_name=name, waveform_features_group_name="all_tetrodes", position_group_name="run_epochs",
         decoding_param_name="contfrag_clusterless", encoding_interval="00_r1", decoding_interval="epoch0_block1_trial1",
     )  # fmt: skip
-    merge_id = cat.insert_selection(**good)
-    assert cat.insert_selection(**good) == merge_id  # stable
+    merge_id = cat.insert_selection(DecodingSelection(**good))
+    assert cat.insert_selection(DecodingSelection(**good)) == merge_id  # stable
+    assert cat.fetch_selection(merge_id) == DecodingSelection(**good)
     for field, value, message in [
-        ("waveform_features_group_name", "nope", "Unknown waveform features group 'nope'"),
-        ("position_group_name", "nope", "Unknown position group 'nope'"),
-        ("decoding_param_name", "nope", "Unknown decoding_param_name 'nope'"),
-        ("decoding_interval", "nope", "has no interval list 'nope'"),
-        ("nwb_file_name", "nope.nwb", "Unknown session 'nope.nwb'"),
+        ("waveform_features_group_name", "nope", "unknown waveform features group 'nope' of small.nwb"),
+        ("position_group_name", "nope", "unknown position group 'nope' of small.nwb"),
+        ("decoding_param_name", "nope", "unknown decoding_param_name 'nope'"),
+        ("decoding_interval", "nope", "unknown decoding interval 'nope' of small.nwb"),
+        ("nwb_file_name", "nope.nwb", "unknown session 'nope.nwb'"),
     ]:
         with pytest.raises(CatalogError, match=message):
-            cat.insert_selection(**{**good, field: value})
+            cat.insert_selection(DecodingSelection(**{**good, field: value}))
 
 
 def test_fetch_helpers(decoded):
     cat, name, merge_id = decoded
-    results = cat.fetch_results(merge_id)
+    results = fetch_results(cat, merge_id)
     assert list(results.indexes["state_bins"].names) == ["state", "x_position", "y_position"]
     assert set(np.unique(results["interval_labels"].values)) == {0}
     assert results.attrs["decoding_interval"] == "epoch2_block1_trial1"
-    position = cat.fetch_position_info(merge_id)
+    position = fetch_position_info(cat, merge_id)
     assert {"position_x", "position_y", "orientation", "speed"} <= set(position.columns)
     assert np.allclose(np.diff(position.index[:100]), 0.002)  # upsampled to 500 Hz
-    times, features = cat.fetch_spike_data(merge_id)
+    times, features = fetch_spike_data(cat, merge_id)
     assert len(times) == 4 and features[0].shape[1] == 4
-    env = cat.fetch_environments(merge_id)
+    env = fetch_environments(cat, merge_id)
     assert env.place_bin_centers_.shape[0] * 2 == results.sizes["state_bins"]
-    model = cat.fetch_model(merge_id)
+    model = fetch_model(cat, merge_id)
     again = model.predict(times, features, results["time"].values[:500])
-    np.testing.assert_allclose(
-        again["causal_posterior"].values, results["causal_posterior"].values[:500], atol=1e-5
-    )
+    np.testing.assert_allclose(again["causal_posterior"].values, results["causal_posterior"].values[:500], atol=1e-5)
     results.close()
 
 
@@ -145,27 +152,9 @@ def test_cleanup_spares_referenced_and_foreign_files(decoded, tmp_path):
     second = cat.fetch_output(merge_id)
     assert second["path"] != output["path"]
     pipeline.decode(cat, merge_id)
-    assert sorted(str(p) for p in cat.cleanup(dry_run=True, min_age_s=0)) == sorted([second["path"], second["model_path"]])
-
-
-def _write_many(path: str, worker: int, n: int) -> None:
-    cat = Catalog(path)
-    for i in range(n):
-        cat.insert_position_params(f"worker{worker}_{i}", {"max_plausible_speed": 100.0 + i})
-
-
-def test_four_processes_writing_at_once_lose_nothing(tmp_path):
-    path = str(tmp_path / "catalog.duckdb")
-    Catalog(path)
-    context = mp.get_context("spawn")
-    workers = [context.Process(target=_write_many, args=(path, w, 30)) for w in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=300)
-    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
-    names = Catalog(path).query("SELECT trodes_pos_params_name FROM position_params")["trodes_pos_params_name"]
-    assert sorted(names) == sorted(f"worker{w}_{i}" for w in range(4) for i in range(30))
+    assert sorted(str(p) for p in cat.cleanup(dry_run=True, min_age_s=0)) == sorted(
+        [second["path"], second["model_path"]]
+    )
 
 
 class TestBadInput:
@@ -174,7 +163,7 @@ class TestBadInput:
         with pytest.raises(CatalogError, match="not allowed|non-empty"):
             check_name("decoding_param_name", name)
         with pytest.raises(CatalogError):
-            catalog.insert_decoding_params(name, {})
+            store_decoding_params(catalog, name, {})
         assert catalog.decoding_params().empty
 
     def test_corrupt_nwb_leaves_no_rows(self, catalog, tmp_path):
@@ -199,16 +188,18 @@ class TestBadInput:
         with pytest.raises(NWBReadError, match="no_position.nwb has no raw position"):
             pipeline.process_session_position(catalog, name, "default_decoding")
         assert catalog.position_outputs(name).empty
-        assert not (catalog.output_dir / "position").exists() or not any((catalog.output_dir / "position").rglob("*.nc"))
+        assert not (catalog.output_dir / "position").exists() or not any(
+            (catalog.output_dir / "position").rglob("*.nc")
+        )
 
     def test_interval_without_position_is_decoded_without_an_error(self, decoded):
         # decoding a rest epoch (replay) needs no position there: the error is not measured
         cat, name, _ = decoded
         before = len(cat.outputs())
-        merge_id = cat.insert_selection(
+        merge_id = cat.insert_selection(DecodingSelection(
             nwb_file_name=name, waveform_features_group_name="all_tetrodes", position_group_name="run_epochs",
             decoding_param_name="contfrag_clusterless", encoding_interval="00_r1", decoding_interval="01_s1",
-        )  # fmt: skip
+        ))  # fmt: skip
         out = pipeline.decode(cat, merge_id)
         out["results"].close()
         assert out["median_decoding_error_cm"] is None and out["max_posterior_sum_error"] < 1e-3
@@ -241,14 +232,18 @@ def test_features_extracted_from_the_raw_recording(catalog, small_nwb, tmp_path)
     assert list(extracted["electrode_ids"].iloc[3]) == [28, 29, 30]
     assert extracted["params"].map(lambda p: json.loads(p)["filter_band_hz"]).tolist() == [[300.0, 6000.0]] * 4
     # the NWB file's own features are untouched and stay the ones used for their groups
-    pd.testing.assert_frame_equal(catalog.waveform_features(name).query("source == 'nwb'").reset_index(drop=True), before)
+    pd.testing.assert_frame_equal(
+        catalog.waveform_features(name).query("source == 'nwb'").reset_index(drop=True), before
+    )
     with pytest.raises(CatalogError, match="tetrode_00: the NWB file already holds 'amplitude' features"):
-        catalog.register_extracted_features(name, "amplitude", [{**extracted.iloc[0].to_dict(), "electrode_group_name": "tetrode_00"}])
+        catalog.register_extracted_features(
+            name, "amplitude", [{**extracted.iloc[0].to_dict(), "electrode_group_name": "tetrode_00"}]
+        )
 
     groups = pipeline.ensure_features_groups(catalog, name, config)
     assert groups == {"all_tetrodes": "created", "raw_tetrodes": "created"}
     assert len(catalog.fetch_features_group(name, "all_tetrodes")) == 8
-    features = pipeline.read_features_group(catalog, name, "raw_tetrodes")
+    features = pipeline.read_features(catalog.fetch_session(name)["nwb_path"], _sources(catalog, name, "raw_tetrodes"))
     assert [f.electrode_group_name for f in features] == ["tetrode_04", "tetrode_05", "tetrode_06", "tetrode_07"]
     for f in features:  # raw during the last epoch, 70-110 s; troughs are negative
         assert f.times.min() >= 70.0 and f.times.max() < 110.0 and np.all(np.diff(f.times) > 0)
@@ -266,7 +261,9 @@ def test_features_extracted_from_the_raw_recording(catalog, small_nwb, tmp_path)
     assert {str(p) for p in removed} == old
 
     # a parameter set naming a series the file lacks fails before anything is written
-    catalog.insert_features_params("lfp_amplitude", {**catalog.fetch_features_params("amplitude"), "raw_series_name": "lfp"})
+    catalog.insert_features_params(
+        "lfp_amplitude", {**catalog.fetch_features_params("amplitude"), "raw_series_name": "lfp"}
+    )
     with pytest.raises(NWBReadError, match="no raw ElectricalSeries 'lfp'"):
         pipeline.extract_session_features(catalog, name, "lfp_amplitude")
     assert catalog.extracted_features(name).query("features_param_name == 'lfp_amplitude'").empty
@@ -287,14 +284,16 @@ def test_a_session_without_raw_recording_has_nothing_to_extract(catalog, tmp_pat
 def test_a_session_recorded_only_raw(catalog, tmp_path):
     from decoding_assets.nwb import write_demo_session
 
-    path = write_demo_session(tmp_path / "raw_only.nwb", n_tetrodes=0, epoch_durations=(20.0, 5.0, 20.0), raw_tetrodes=2)
+    path = write_demo_session(
+        tmp_path / "raw_only.nwb", n_tetrodes=0, epoch_durations=(20.0, 5.0, 20.0), raw_tetrodes=2
+    )
     name = pipeline.register_session(catalog, path)
     config = pipeline.load_config()
     pipeline.ensure_parameter_sets(catalog, config)
     report = pipeline.extract_session_features(catalog, name, "amplitude")
     assert [r["status"] for r in report] == ["extracted", "extracted"]
     assert pipeline.ensure_features_groups(catalog, name, config)["all_tetrodes"] == "created"
-    features = pipeline.read_features_group(catalog, name, "all_tetrodes")
+    features = pipeline.read_features(catalog.fetch_session(name)["nwb_path"], _sources(catalog, name, "all_tetrodes"))
     assert [f.times.size for f in features] == [r["n_spikes"] for r in report]
     assert all(f.times.size > 20 for f in features)
 
@@ -304,9 +303,12 @@ def test_an_older_catalog_keeps_its_sessions_and_parameter_sets(catalog, small_n
     again adds what it lacks, and a stored set that a new default leaves unchanged is
     the same set; one whose meaning changed is named with the difference."""
     name = pipeline.register_session(catalog, small_nwb)
-    with catalog.transaction() as con:  # as an older version left it
+
+    def as_an_older_version_left_it(con):
         con.execute("DELETE FROM task_epochs WHERE nwb_file_name = ?", [name])
         con.execute("DELETE FROM interval_lists WHERE nwb_file_name = ? AND source = 'position'", [name])
+
+    catalog.db.write(as_an_older_version_left_it)
     old_position = {k: v for k, v in check_position_params({}).items() if k != "arena_bounds_cm"}
     catalog.insert_position_params("default_decoding", old_position)
     assert pipeline.register_session(catalog, small_nwb) == name
@@ -315,6 +317,17 @@ def test_an_older_catalog_keeps_its_sessions_and_parameter_sets(catalog, small_n
     assert "pos 0 valid times" in set(catalog.interval_lists(name)["interval_list_name"])
     config = {"position_params": {"default_decoding": {}}, "waveform_features_params": {"amplitude": {}}}
     catalog.insert_features_params("amplitude", {**check_features_params({}), "reference": "none"})
-    with pytest.raises(CatalogError, match=r"'amplitude' already exists with other parameters \(stored vs given: reference: 'none' vs 'file'\)"):
+    with pytest.raises(
+        CatalogError,
+        match=r"'amplitude' already exists with other parameters \(stored vs given: reference: 'none' vs 'file'\)",
+    ):
         pipeline.ensure_parameter_sets(catalog, config)
     assert catalog.fetch_position_params("default_decoding") == old_position  # unchanged, and accepted
+
+
+def _sources(catalog, nwb_file_name, group):
+    from catalog import FeaturesSource
+
+    rows = catalog.fetch_features_group(nwb_file_name, group)
+    return [FeaturesSource(r.electrode_group_name, r.features_param_name, r.content_hash, r.path if isinstance(r.path, str) else None)
+            for r in rows.itertuples()]  # fmt: skip

@@ -9,6 +9,7 @@ from decoding_assets.definitions import build_definitions, defs
 from decoding_assets.defs.automation import new_nwb_files
 from decoding_assets.defs.decoding import GPU_POOL
 from decoding_assets.defs.resources import CatalogResource
+from decoding_assets.fetch import fetch_position_info, fetch_results, fetch_spike_data
 from decoding_assets.nwb import write_demo_session
 from decoding_assets.pipeline import load_config
 from decoding_assets.position import GROUP_MAX_GAP_S, interpolate_by_time
@@ -39,8 +40,7 @@ def test_decoding_step_is_a_gpu_step():
 
 
 def test_whole_graph_for_the_demo_session(demo_home):
-    home, all_outputs = demo_home
-    catalog = Catalog(home / "catalog.duckdb")
+    home, all_outputs, catalog = demo_home.home, demo_home.outputs, demo_home.catalog()
     outputs = [o for o in all_outputs if o["waveform_features_group_name"] == "all_tetrodes"]
     # 3 trials in the first run epoch and 2 in the second
     assert sorted(o["decoding_interval"] for o in outputs) == [
@@ -48,11 +48,11 @@ def test_whole_graph_for_the_demo_session(demo_home):
         "epoch2_block1_trial1", "epoch2_block1_trial2",
     ]  # fmt: skip
     for output in outputs:
-        results = catalog.fetch_results(output["merge_id"])
+        results = fetch_results(catalog, output["merge_id"])
         assert results.attrs["decoding_interval"] == output["decoding_interval"]
         assert results.sizes["time"] == 10_000  # 20 s at 500 Hz
         # the decode follows the tracked animal: check against the position it used
-        position = catalog.fetch_position_info(output["merge_id"])
+        position = fetch_position_info(catalog, output["merge_id"])
         posterior = results["acausal_posterior"].unstack("state_bins").sum("state")
         flat = posterior.stack(bin=["x_position", "y_position"]).fillna(-1)
         best = flat.argmax("bin").values
@@ -88,14 +88,13 @@ def test_whole_graph_for_the_demo_session(demo_home):
 
 
 def test_the_demo_decodes_from_the_raw_recording(demo_home):
-    home, all_outputs = demo_home
-    catalog = Catalog(home / "catalog.duckdb")
+    all_outputs, catalog = demo_home.outputs, demo_home.catalog()
     raw = [o for o in all_outputs if o["waveform_features_group_name"] == "raw_tetrodes"]
     assert sorted(o["decoding_interval"] for o in raw) == ["epoch2_block1_trial1", "epoch2_block1_trial2"]
     # 4 tetrodes extracted from 40 s of raw signal, encoded on those 40 s: measured 9-13 cm
     assert all(o["median_decoding_error_cm"] < 25.0 for o in raw)
     extracted = catalog.extracted_features("demo.nwb")
-    spikes = catalog.fetch_spike_data(raw[0]["merge_id"])
+    spikes = fetch_spike_data(catalog, raw[0]["merge_id"])
     assert [t.size for t in spikes[0]] == extracted["n_spikes"].tolist()
     assert [f.shape[1] for f in spikes[1]] == [4, 4, 4, 3]  # one channel marked bad
     # lineage reaches the extracted files through their checksums
@@ -111,19 +110,19 @@ def test_the_demo_decodes_from_the_raw_recording(demo_home):
 
 
 def test_missing_decodes_schedule(demo_home):
-    home, outputs = demo_home
-    resource = CatalogResource(catalog_path=str(home / "catalog.duckdb"), output_dir=str(home / "outputs"))
+    outputs, place = demo_home.outputs, demo_home.place
+    resource = CatalogResource(location=place.location, output_dir=str(place.output_dir))
     schedule = defs.get_schedule_def("decode_contfrag_run_missing")
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(instance=instance, resources={"catalog": resource})
         assert isinstance(schedule(context), dg.SkipReason)  # all decoded
-        Catalog(home / "catalog.duckdb").delete_output(outputs[0]["merge_id"])
+        demo_home.catalog().delete_output(outputs[0]["merge_id"])
         requests = schedule(context)
     assert len(requests) == 1
     assert requests[0].partition_key.keys_by_dimension == {"session": "demo.nwb", "interval": outputs[0]["decoding_interval"]}
 
 
-def test_sensor_registers_a_new_file(tmp_path, monkeypatch):
+def test_sensor_registers_a_new_file(tmp_path, monkeypatch, new_catalog):
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     monkeypatch.setenv("DECODING_ASSETS_WATCH_DIR", str(incoming))
@@ -131,7 +130,8 @@ def test_sensor_registers_a_new_file(tmp_path, monkeypatch):
         incoming / "new_session.nwb", n_tetrodes=2, epoch_durations=(20.0, 5.0, 20.0), trial_duration=10.0, raw_tetrodes=1
     )
     (incoming / "broken.nwb").write_bytes(b"not an hdf5 file")
-    resource = CatalogResource(catalog_path=str(tmp_path / "catalog.duckdb"))
+    place = new_catalog()
+    resource = CatalogResource(location=place.location, output_dir=str(place.output_dir))
     with dg.DagsterInstance.ephemeral() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"catalog": resource})
         result = new_nwb_files(context)
@@ -145,11 +145,10 @@ def test_sensor_registers_a_new_file(tmp_path, monkeypatch):
         assert "broken.nwb" in again.skip_message and "Cannot read NWB file" in again.skip_message
         quiet = new_nwb_files(dg.build_sensor_context(instance=instance, resources={"catalog": resource}, cursor=context.cursor))
         assert quiet.skip_message == "No new NWB files."
-    assert list(Catalog(tmp_path / "catalog.duckdb").sessions()["nwb_file_name"]) == ["new_session.nwb"]
+    assert list(Catalog(place.location).sessions()["nwb_file_name"]) == ["new_session.nwb"]
 
 
 def test_an_interval_outside_the_decoding_is_a_clear_failure(demo_home):
-    home, _ = demo_home
     config = load_config()
     local = build_definitions(config)
     import os
@@ -160,3 +159,39 @@ def test_an_interval_outside_the_decoding_is_a_clear_failure(demo_home):
         local.resolve_job_def("decode_contfrag_run").execute_in_process(
             instance=instance, partition_key=dg.MultiPartitionKey({"session": "demo.nwb", "interval": "01_s1"})
         )
+
+
+def test_a_lab_runs_the_graph_on_its_postgresql_server(postgres_server, tmp_path):
+    """The catalog on the lab's server, Dagster's runs and events in a database of their
+    own beside it: ``decoding-assets --catalog postgresql://... run FILE`` as a user
+    types it, in its own process."""
+    import os
+    import subprocess
+    import sys
+
+    import psycopg2
+
+    url = postgres_server.create_database("lab")
+    nwb = write_demo_session(tmp_path / "lab_demo.nwb", n_tetrodes=2, epoch_durations=(20.0, 5.0, 20.0),
+                             trial_duration=10.0, raw_tetrodes=0)  # fmt: skip
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DECODING_ASSETS_", "DAGSTER_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "decoding_assets.cli", "--home", str(home), "--catalog", url,
+         "--outputs", str(tmp_path / "shared_outputs"), "run", str(nwb)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    catalog = Catalog(url)
+    outputs = catalog.outputs("lab_demo.nwb")
+    assert sorted(outputs["decoding_interval"]) == ["epoch0_block1_trial1", "epoch0_block1_trial2",
+                                                    "epoch2_block1_trial1", "epoch2_block1_trial2"]  # fmt: skip
+    assert outputs["path"].str.startswith(str(tmp_path / "shared_outputs")).all()
+    assert set(outputs["created_by"]) == {catalog.user}
+    # Dagster kept its runs on the server, in lab_dagster, and nothing on local disk
+    assert "postgresql+psycopg2://" in (home / "dagster" / "dagster.yaml").read_text()
+    assert not (home / "dagster" / "history").exists()
+    with psycopg2.connect(postgres_server.url("lab_dagster")) as con, con.cursor() as cursor:
+        cursor.execute("SELECT status, count(*) FROM runs GROUP BY status")
+        runs = dict(cursor.fetchall())
+    assert runs == {"SUCCESS": 2 + len(outputs)}  # parameter sets, the session, one run per decode

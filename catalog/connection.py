@@ -1,0 +1,246 @@
+"""Where the catalog's tables live, and the one way to reach them.
+
+DuckDB is the query engine in both cases; only the storage differs:
+
+- a DuckDB file (a laptop): DuckDB lets one process hold the file at a time, so each
+  call opens it and closes it again, waiting while another process holds it;
+- PostgreSQL (a lab): the tables live on the server and DuckDB reaches them through
+  its postgres extension. Each process keeps one connection for its whole life;
+  PostgreSQL runs writers side by side and readers never block them.
+
+Writes are functions of a connection run in one transaction (``Database.write``), so
+a transaction that loses a race with another process can simply be run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import duckdb
+import pandas as pd
+
+from .errors import CatalogError
+
+T = TypeVar("T")
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# another transaction changed the rows this one read or wrote (PostgreSQL), or
+# touched the same rows first (DuckDB): running it again sees their result. On
+# PostgreSQL, DuckDB checks ON CONFLICT and our read-then-insert steps before its COPY
+# reaches the server, so two processes inserting one key both pass the check and the
+# server's unique index stops the second: run again, it finds the row and keeps it.
+_CONFLICTS = (
+    "duplicate key value violates unique constraint",
+    "could not serialize access",
+    "deadlock detected",
+    "write-write conflict",
+    "conflict on tuple deletion",
+    "conflict on update",
+    "tuple already updated",
+)
+
+
+def is_postgres(location: str | Path) -> bool:
+    return str(location).startswith(POSTGRES_SCHEMES)
+
+
+class Database:
+    """One catalog database. ``location``: a DuckDB file path or a
+    ``postgresql://user@host[:port]/dbname`` URL."""
+
+    def __init__(self, location: str | Path, lock_timeout_s: float = 300.0, retries: int = 20):
+        self.postgres = is_postgres(location)
+        self.location = str(location) if self.postgres else str(Path(location).resolve())
+        self.lock_timeout_s = lock_timeout_s
+        self.retries = retries
+        self._local = threading.local()
+        if not self.postgres:
+            Path(self.location).parent.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Database({self.location!r})"
+
+    # ------------------------------------------------------------------ connections
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection; calls nested inside one another (in one thread) share it."""
+        held = getattr(self._local, "con", None)
+        if held is not None:
+            yield held
+            return
+        con = _postgres_cursor(self.location) if self.postgres else self._open_file()
+        self._local.con = con
+        try:
+            yield con
+        finally:
+            self._local.con = None
+            con.close()
+
+    def _open_file(self) -> duckdb.DuckDBPyConnection:
+        """The file, waiting (with jittered backoff) while another process holds it."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(self.location)
+            except duckdb.IOException as error:
+                message = str(error)
+                if "version number" in message and "newer version" in message:
+                    raise CatalogError(
+                        f"{self.location} was written by DuckDB 2.0, whose file format this version (DuckDB "
+                        f"{duckdb.__version__}) cannot read. Convert it once with DuckDB 2.0 (see the README, "
+                        "'Catalogs written by DuckDB 2.0')."
+                    ) from None
+                if "could not set lock" not in message.lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.5)
+
+    def write(self, body: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``body(con)`` in one transaction: all its statements commit together or
+        none does. A transaction that conflicts with another process's is rolled back
+        and run again (up to ``retries`` times). Inside another ``write``, ``body``
+        joins that transaction."""
+        if getattr(self._local, "in_transaction", False):
+            return body(self._local.con)
+        for attempt in range(self.retries + 1):
+            with self.connect() as con:
+                con.execute("BEGIN TRANSACTION")
+                self._local.in_transaction = True
+                try:
+                    result = body(con)
+                    con.execute("COMMIT")
+                    return result
+                except duckdb.Error as error:
+                    _rollback(con)
+                    if attempt == self.retries or not any(c in str(error).lower() for c in _CONFLICTS):
+                        raise
+                except BaseException:
+                    _rollback(con)
+                    raise
+                finally:
+                    self._local.in_transaction = False
+            time.sleep(min(0.5, 0.005 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def write_schema(self, body: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """Create or upgrade the tables. On PostgreSQL this runs on a connection of its
+        own, and the process's connection then reads the tables back from the server,
+        as every other process does (DuckDB treats tables it created differently from
+        tables it found)."""
+        if not self.postgres:
+            self.write(body)
+            return
+        con = _attach_postgres(self.location)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            body(con)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        shared = _servers.get((self.location, os.getpid()))
+        if shared is not None:
+            shared.execute("CALL pg_clear_cache()")
+
+    # ------------------------------------------------------------------ reads
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """A read-only query with ? parameters, as a DataFrame."""
+        with self.connect() as con:
+            return con.execute(sql, list(params)).df()
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self.connect() as con:
+            return con.execute(sql, list(params)).fetchall()
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()):
+        rows = self.rows(sql, params)
+        return rows[0][0] if rows else None
+
+    def one(self, sql: str, params: Sequence[Any], missing: str) -> dict:
+        """The single row a query finds, as a dict; CatalogError(missing) if none."""
+        df = self.query(sql, params)
+        if df.empty:
+            raise CatalogError(missing)
+        return df.iloc[0].to_dict()
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+
+_lock = threading.Lock()
+_servers: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
+_extension_dir: tempfile.TemporaryDirectory | None = None
+
+
+def _postgres_cursor(url: str) -> duckdb.DuckDBPyConnection:
+    """A cursor on this process's one DuckDB connection to the server at ``url`` (a
+    forked worker opens its own)."""
+    key = (url, os.getpid())
+    with _lock:
+        con = _servers.get(key)
+        if con is None:
+            con = _servers[key] = _attach_postgres(url)
+    cursor = con.cursor()
+    cursor.execute("USE lab")  # each cursor starts in DuckDB's own in-memory database
+    return cursor
+
+
+def _attach_postgres(url: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute(f"LOAD {_literal(str(_postgres_extension()))}")
+    try:
+        # ATTACH takes no parameters: the URL goes in as a quoted literal
+        con.execute(f"ATTACH {_literal(url)} AS lab (TYPE postgres)")
+    except duckdb.Error as error:
+        raise CatalogError(
+            f"Cannot reach the catalog's PostgreSQL server at {url}: {' '.join(str(error).split())}. "
+            "Check the URL, that the server runs and that the database exists."
+        ) from None
+    con.execute("USE lab")
+    return con
+
+
+def _literal(text: str) -> str:
+    """An SQL string literal, for the two statements that take no parameters."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _postgres_extension() -> Path:
+    """DuckDB's postgres extension from its Python package (no download), under the
+    file name DuckDB derives its entry point from (``postgres_scanner``)."""
+    global _extension_dir
+    try:
+        import duckdb_extension_postgres
+    except ImportError:
+        raise CatalogError(
+            "A PostgreSQL catalog needs the package duckdb-extension-postgres "
+            f"(pip install duckdb-extension-postgres=={duckdb.__version__})."
+        ) from None
+    shipped = Path(duckdb_extension_postgres.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    shipped = shipped / "postgres.duckdb_extension"
+    if not shipped.is_file():
+        raise CatalogError(
+            f"duckdb-extension-postgres has no build for DuckDB {duckdb.__version__}; install the matching "
+            f"version (pip install duckdb-extension-postgres=={duckdb.__version__})."
+        )
+    if _extension_dir is None:
+        _extension_dir = tempfile.TemporaryDirectory(prefix="decoding-assets-duckdb-")
+    link = Path(_extension_dir.name) / "postgres_scanner.duckdb_extension"
+    if not link.exists():
+        link.symlink_to(shipped)
+    return link
