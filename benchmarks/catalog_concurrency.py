@@ -31,7 +31,7 @@ the results file included). One warm-up decode (JIT compilation), then
 ``--repeats`` timed ones.
 
 Medians over repeats are printed as Markdown tables; every run is written to
-``benchmarks/results/catalog_concurrency.json``. Targets (the issue's acceptance):
+``benchmarks/results/catalog_concurrency.json``. Targets:
 PostgreSQL >= 300 transactions/s with no lost or duplicate rows, and a decode's
 catalog calls < 5 % of the decode.
 """

@@ -82,7 +82,8 @@ class Database:
             yield con
         finally:
             self._local.con = None
-            con.close()
+            if not self.postgres:  # the file is let go at once; the server's cursor stays for the next call
+                con.close()
 
     def _open_file(self) -> duckdb.DuckDBPyConnection:
         """The file, waiting (with jittered backoff) while another process holds it."""
@@ -182,19 +183,22 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
 
 _lock = threading.Lock()
 _servers: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
+_cursors: dict[tuple[str, int, int], duckdb.DuckDBPyConnection] = {}
 _extension_dir: tempfile.TemporaryDirectory | None = None
 
 
 def _postgres_cursor(url: str) -> duckdb.DuckDBPyConnection:
-    """A cursor on this process's one DuckDB connection to the server at ``url`` (a
-    forked worker opens its own)."""
-    key = (url, os.getpid())
-    with _lock:
-        con = _servers.get(key)
-        if con is None:
-            con = _servers[key] = _attach_postgres(url)
-    cursor = con.cursor()
-    cursor.execute("USE lab")  # each cursor starts in DuckDB's own in-memory database
+    """This thread's cursor on this process's one DuckDB connection to the server at
+    ``url`` (a forked worker opens its own)."""
+    key = (url, os.getpid(), threading.get_ident())
+    cursor = _cursors.get(key)
+    if cursor is None:
+        with _lock:
+            con = _servers.get(key[:2])
+            if con is None:
+                con = _servers[key[:2]] = _attach_postgres(url)
+        cursor = _cursors[key] = con.cursor()
+        cursor.execute("USE lab")  # each cursor starts in DuckDB's own in-memory database
     return cursor
 
 

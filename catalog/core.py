@@ -103,8 +103,8 @@ class Catalog:
                 [str(SCHEMA_VERSION)],
             )
 
-        if self.db.postgres and self._schema_is_current():
-            return  # every worker opens the catalog: no DDL (and no lock) when nothing changes
+        if self._schema_is_current():
+            return  # every worker opens the catalog: no DDL when nothing changes
         for attempt in range(3):
             try:
                 self.db.write_schema(write)
@@ -120,7 +120,7 @@ class Catalog:
     def _schema_is_current(self) -> bool:
         try:
             return self.db.scalar("SELECT value FROM catalog_info WHERE key = 'schema_version'") == str(SCHEMA_VERSION)
-        except Exception:  # no catalog_info yet
+        except duckdb.CatalogException:  # a new catalog: no catalog_info yet
             return False
 
     def query(self, sql: str, params=()):
