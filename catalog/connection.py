@@ -4,12 +4,15 @@ DuckDB is the query engine in both cases; only the storage differs:
 
 - a DuckDB file (a laptop): DuckDB lets one process hold the file at a time, so each
   call opens it and closes it again, waiting while another process holds it;
-- PostgreSQL (a lab): the tables live on the server and DuckDB reaches them through
-  its postgres extension. Each process keeps one connection for its whole life;
+- PostgreSQL (a lab): the tables live on the server. Reads go through DuckDB's
+  postgres extension; writes go to the server directly (psycopg2), where a statement
+  costs a tenth of what it costs through the extension and ON CONFLICT is the
+  server's own, atomic. Each process keeps its connections for its whole life;
   PostgreSQL runs writers side by side and readers never block them.
 
-Writes are functions of a connection run in one transaction (``Database.write``), so
-a transaction that loses a race with another process can simply be run again.
+Writes are functions of a connection run in one transaction (``Database.write``), in
+SQL both engines accept (``?`` parameters), so a transaction that loses a race with
+another process can simply be run again.
 """
 
 from __future__ import annotations
@@ -110,27 +113,37 @@ class Database:
         none does. A transaction that conflicts with another process's is rolled back
         and run again (up to ``retries`` times). Inside another ``write``, ``body``
         joins that transaction."""
-        if getattr(self._local, "in_transaction", False):
-            return body(self._local.con)
+        held = getattr(self._local, "transaction", None)
+        if held is not None:
+            return body(held)
+        errors = (duckdb.Error, *_server_errors()) if self.postgres else (duckdb.Error,)
         for attempt in range(self.retries + 1):
-            with self.connect() as con:
-                con.execute("BEGIN TRANSACTION")
-                self._local.in_transaction = True
+            with self._transaction() as con:
+                self._local.transaction = con
                 try:
                     result = body(con)
-                    con.execute("COMMIT")
+                    con.commit()
                     return result
-                except duckdb.Error as error:
-                    _rollback(con)
+                except errors as error:
+                    con.rollback()
                     if attempt == self.retries or not any(c in str(error).lower() for c in _CONFLICTS):
                         raise
                 except BaseException:
-                    _rollback(con)
+                    con.rollback()
                     raise
                 finally:
-                    self._local.in_transaction = False
+                    self._local.transaction = None
             time.sleep(min(0.5, 0.005 * 2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator["_Transaction"]:
+        if self.postgres:
+            yield _ServerTransaction(_server_connection(self.location))
+            return
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            yield _DuckDBTransaction(con)
 
     def write_schema(self, body: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         """Create or upgrade the tables. On PostgreSQL this runs on a connection of its
@@ -174,15 +187,59 @@ class Database:
         return df.iloc[0].to_dict()
 
 
-def _rollback(con: duckdb.DuckDBPyConnection) -> None:
-    with contextlib.suppress(duckdb.Error):
-        con.execute("ROLLBACK")
+class _Transaction:
+    """What a write's body gets: ``execute(sql, params)`` returning something with
+    ``fetchone`` and ``fetchall``, on either engine."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()): ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+
+
+class _DuckDBTransaction(_Transaction):
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def execute(self, sql: str, params: Sequence[Any] = ()):
+        return self.con.execute(sql, list(params))
+
+    def commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def rollback(self) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self.con.execute("ROLLBACK")
+
+
+class _ServerTransaction(_Transaction):
+    """A transaction on the server itself; ``?`` parameters become psycopg2's."""
+
+    def __init__(self, con):
+        self.con = con
+        self.cursor = con.cursor()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()):
+        self.cursor.execute(sql.replace("%", "%%").replace("?", "%s"), [_plain(v) for v in params])
+        return self.cursor
+
+    def commit(self) -> None:
+        self.con.commit()
+
+    def rollback(self) -> None:
+        if not self.con.closed:
+            self.con.rollback()
+
+
+def _plain(value):
+    """numpy scalars as Python's (psycopg2 knows only those)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (list, tuple, str, bytes)) else value
 
 
 # ---------------------------------------------------------------------- PostgreSQL
 
 _lock = threading.Lock()
 _servers: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
+_server_connections: dict[tuple[str, int, int], Any] = {}
 _cursors: dict[tuple[str, int, int], duckdb.DuckDBPyConnection] = {}
 _extension_dir: tempfile.TemporaryDirectory | None = None
 
@@ -200,6 +257,29 @@ def _postgres_cursor(url: str) -> duckdb.DuckDBPyConnection:
         cursor = _cursors[key] = con.cursor()
         cursor.execute("USE lab")  # each cursor starts in DuckDB's own in-memory database
     return cursor
+
+
+def _server_connection(url: str):
+    """This thread's psycopg2 connection to the server, for writes (reopened if lost)."""
+    import psycopg2
+
+    key = (url, os.getpid(), threading.get_ident())
+    con = _server_connections.get(key)
+    if con is None or con.closed:
+        try:
+            con = _server_connections[key] = psycopg2.connect(url)
+        except psycopg2.Error as error:
+            raise CatalogError(
+                f"Cannot reach the catalog's PostgreSQL server at {url}: {' '.join(str(error).split())}. "
+                "Check the URL, that the server runs and that the database exists."
+            ) from None
+    return con
+
+
+def _server_errors() -> tuple[type[BaseException], ...]:
+    import psycopg2
+
+    return (psycopg2.Error,)
 
 
 def _attach_postgres(url: str) -> duckdb.DuckDBPyConnection:

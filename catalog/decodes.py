@@ -202,18 +202,17 @@ class DecodeStore:
 
         def write(con):
             selected, registered = con.execute(
-                "SELECT (SELECT count(*) FROM decoding_selections WHERE merge_id = $1), "
-                "(SELECT count(*) FROM decoding_outputs WHERE merge_id = $1)",
-                [merge_id],
+                "SELECT (SELECT count(*) FROM decoding_selections WHERE merge_id = ?), "
+                "(SELECT count(*) FROM decoding_outputs WHERE merge_id = ?)",
+                [merge_id, merge_id],
             ).fetchone()
             if not selected:
                 raise CatalogError(f"Unknown merge_id {merge_id!r}: insert its selection first.")
             if registered:
                 con.execute("DELETE FROM lineage WHERE merge_id = ?", [merge_id])
                 con.execute("DELETE FROM decoding_outputs WHERE merge_id = ?", [merge_id])
-            # plain inserts, the lineage in one statement: each statement is a round trip
-            # to a PostgreSQL server. Two workers registering the same decode at once
-            # collide on the key, and the retry replaces the first one's record.
+            # two workers registering the same decode at once collide on the key, and
+            # the retry replaces the first one's record
             con.execute(
                 f"INSERT INTO decoding_outputs ({', '.join(row)}, created_at) VALUES ({', '.join('?' * len(row))}, "
                 "current_timestamp)",

@@ -140,7 +140,8 @@ class FeatureStore:
                         f"{features_param_name!r} features; extract under another features_param_name."
                     )
                 con.execute(
-                    "INSERT INTO waveform_features VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                    "INSERT INTO waveform_features VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (nwb_file_name, electrode_group_name, features_param_name) DO UPDATE SET "
                     "n_spikes = excluded.n_spikes, n_features = excluded.n_features, source = excluded.source, "
                     "content_hash = excluded.content_hash",
                     [nwb_file_name, group, features_param_name, int(row["n_spikes"]), len(row["electrode_ids"]),
@@ -150,7 +151,8 @@ class FeatureStore:
                     "INSERT INTO waveform_features_files (nwb_file_name, electrode_group_name, features_param_name, "
                     "path, raw_series_name, electrode_ids, bad_electrode_ids, params, code_version, run_seconds, "
                     "created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp, ?) "
-                    "ON CONFLICT DO UPDATE SET path = excluded.path, "
+                    "ON CONFLICT (nwb_file_name, electrode_group_name, features_param_name) DO UPDATE SET "
+                    "path = excluded.path, "
                     "raw_series_name = excluded.raw_series_name, electrode_ids = excluded.electrode_ids, "
                     "bad_electrode_ids = excluded.bad_electrode_ids, params = excluded.params, "
                     "code_version = excluded.code_version, run_seconds = excluded.run_seconds, "

@@ -31,7 +31,8 @@ class PositionStore:
                self.user]  # fmt: skip
         self.db.write(lambda con: con.execute(
             "INSERT INTO position_outputs (nwb_file_name, interval_list_name, trodes_pos_params_name, path, n_samples, "
-            "checksum, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, current_timestamp, ?) ON CONFLICT DO UPDATE "
+            "checksum, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, current_timestamp, ?) "
+            "ON CONFLICT (nwb_file_name, interval_list_name, trodes_pos_params_name) DO UPDATE "
             "SET path = excluded.path, n_samples = excluded.n_samples, checksum = excluded.checksum, "
             "created_at = excluded.created_at, "
             "created_by = excluded.created_by",

@@ -8,11 +8,10 @@ in ``written_files``, so ``cleanup`` can tell its own orphans from anyone else's
 ``created_by`` (``user@host``) says who wrote a row; NULL in rows written before it
 was recorded. Tables are listed parents first.
 
-Two limits of DuckDB's postgres extension shape the SQL (a process that did not create
-the tables sees them as the server describes them): statements that insert with ON
-CONFLICT give every column a value, since DuckDB builds those rows itself and does not
-know the server's column defaults; and parameters and versions are JSON text in VARCHAR
-columns, since DuckDB cannot update a server's json column.
+Parameters and versions are JSON text in VARCHAR columns, and inserts give every
+column a value rather than lean on a default: DuckDB reads a server's tables as the
+server describes them, and a server's json columns and defaults do not survive that
+trip intact.
 """
 
 SCHEMA_VERSION = 2
