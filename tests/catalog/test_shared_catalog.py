@@ -215,6 +215,25 @@ def test_a_catalog_written_by_duckdb_2_says_how_to_convert_it(tmp_path):
     assert time.monotonic() - started < 10  # said at once, not after waiting for a lock
 
 
+def test_a_catalog_of_the_first_version_is_upgraded_in_place(tmp_path):
+    # written by the first version (schema 1; JSON columns, no created_by): a session,
+    # a position and a decoding parameter set
+    path = tmp_path / "catalog.duckdb"
+    path.write_bytes(gzip.decompress((DATA / "catalog_schema_1.duckdb.gz").read_bytes()))
+    cat = Catalog(path, user="me@laptop")
+    assert cat.query("SELECT value FROM catalog_info WHERE key = 'schema_version'")["value"].tolist() == ["2"]
+    sessions = cat.sessions()
+    assert sessions["nwb_file_name"].tolist() == ["old.nwb"] and sessions["created_by"].isna().all()
+    assert {"00_r1", "01_s1", "02_r2"} <= set(cat.interval_lists("old.nwb")["interval_list_name"])
+    assert cat.fetch_position_params("default_decoding") == {"max_plausible_speed": 100.0}
+    # what is written now says who wrote it; what was there stays as it was
+    cat.insert_position_params("wider", {"max_plausible_speed": 150.0})
+    who = cat.query("SELECT trodes_pos_params_name, created_by FROM position_params ORDER BY 1")
+    assert who.values.tolist() == [["default_decoding", None], ["wider", "me@laptop"]]
+    with pytest.raises(CatalogError, match="already exists with other parameters"):
+        cat.insert_position_params("default_decoding", {"max_plausible_speed": 90.0})
+
+
 def test_an_unreachable_server_is_named():
     with pytest.raises(
         CatalogError, match="Cannot reach the catalog's PostgreSQL server at postgresql://nobody@127.0.0.1:9/none"
