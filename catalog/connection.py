@@ -35,10 +35,10 @@ T = TypeVar("T")
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 # another transaction changed the rows this one read or wrote (PostgreSQL), or
-# touched the same rows first (DuckDB): running it again sees their result. On
-# PostgreSQL, DuckDB checks ON CONFLICT and our read-then-insert steps before its COPY
-# reaches the server, so two processes inserting one key both pass the check and the
-# server's unique index stops the second: run again, it finds the row and keeps it.
+# touched the same rows first (DuckDB): running it again sees their result. A
+# duplicate key is one of these: two processes that read a key as missing both insert
+# it (our read-then-insert steps), the server's unique index stops the second, and run
+# again it finds the row and keeps it.
 _CONFLICTS = (
     "duplicate key value violates unique constraint",
     "could not serialize access",
