@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 ENCODING_S = 240.0
 
 

@@ -12,7 +12,11 @@ DuckDB is the query engine in both cases; only the storage differs:
 
 Writes are functions of a connection run in one transaction (``Database.write``), in
 SQL both engines accept (``?`` parameters), so a transaction that loses a race with
-another process can simply be run again.
+another process can simply be run again. On a DuckDB file, the threads of one process
+take turns to write: DuckDB lets a transaction delete a row that another one updated
+and committed after it began (a lost update), so its own conflict detection cannot be
+relied on for rows used as locks (``written_files``); processes take turns already,
+through the file's lock.
 """
 
 from __future__ import annotations
@@ -108,6 +112,11 @@ class Database:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)
 
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What a statement on this backend raises when the database refuses it."""
+        return (duckdb.Error, *_server_errors()) if self.postgres else (duckdb.Error,)
+
     def write(self, body: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run ``body(con)`` in one transaction: all its statements commit together or
         none does. A transaction that conflicts with another process's is rolled back
@@ -116,9 +125,10 @@ class Database:
         held = getattr(self._local, "transaction", None)
         if held is not None:
             return body(held)
-        errors = (duckdb.Error, *_server_errors()) if self.postgres else (duckdb.Error,)
+        errors = self.errors
+        turn = contextlib.nullcontext() if self.postgres else _file_writer(self.location)
         for attempt in range(self.retries + 1):
-            with self._transaction() as con:
+            with turn, self._transaction() as con:
                 self._local.transaction = con
                 try:
                     result = body(con)
@@ -144,6 +154,18 @@ class Database:
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             yield _DuckDBTransaction(con)
+
+    def close_thread(self) -> None:
+        """Close this thread's connections to the server (a thread that ends, such as a
+        heartbeat, would otherwise keep them for the process's life)."""
+        if not self.postgres:
+            return
+        key = (self.location, os.getpid(), threading.get_ident())
+        cursor, server = _cursors.pop(key, None), _server_connections.pop(key, None)
+        if cursor is not None:
+            cursor.close()
+        if server is not None and not server.closed:
+            server.close()
 
     def write_schema(self, body: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         """Create or upgrade the tables. On PostgreSQL this runs on a connection of its
@@ -235,9 +257,19 @@ def _plain(value):
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, tuple, str, bytes)) else value
 
 
+_lock = threading.Lock()
+_file_writers: dict[tuple[str, int], threading.Lock] = {}
+
+
+def _file_writer(location: str) -> threading.Lock:
+    """The lock this process's threads take turns on to write a DuckDB file (a forked
+    process gets its own)."""
+    with _lock:
+        return _file_writers.setdefault((location, os.getpid()), threading.Lock())
+
+
 # ---------------------------------------------------------------------- PostgreSQL
 
-_lock = threading.Lock()
 _servers: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
 _server_connections: dict[tuple[str, int, int], Any] = {}
 _cursors: dict[tuple[str, int, int], duckdb.DuckDBPyConnection] = {}

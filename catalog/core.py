@@ -14,6 +14,7 @@ from .decodes import DecodeStore
 from .errors import CatalogError, current_user
 from .features import FeatureStore
 from .files import FileStore
+from .integrity import IntegrityStore
 from .parameters import ParameterStore
 from .position import PositionStore
 from .schema import SCHEMA_VERSION, TABLES, UPGRADES
@@ -67,7 +68,8 @@ class Catalog:
         self.session_store = SessionStore(self.db, self.user)
         self.feature_store = FeatureStore(self.db, self.user, self.files, self.parameter_store)
         self.position_store = PositionStore(self.db, self.user, self.files)
-        self.decode_store = DecodeStore(self.db, self.user, self.files)
+        self.integrity = IntegrityStore(self.db)
+        self.decode_store = DecodeStore(self.db, self.user, self.files, self.integrity)
 
     @property
     def path(self) -> Path:
@@ -165,5 +167,16 @@ class Catalog:
     fetch_output = _forward("decode_store", DecodeStore.fetch_output)
     lineage = _forward("decode_store", DecodeStore.lineage)
     delete_output = _forward("decode_store", DecodeStore.delete_output)
-    # files
+    forget_bad_output = _forward("decode_store", DecodeStore.forget_bad_output)
+    deleted_selections = _forward("decode_store", DecodeStore.deleted_selections)
+    missing_outputs = _forward("decode_store", DecodeStore.missing_outputs)
+    # verifying registered files
+    verify_decode_inputs = _forward("integrity", IntegrityStore.verify_decode_inputs)
+    verify_output = _forward("integrity", IntegrityStore.verify_output)
+    check_output = _forward("integrity", IntegrityStore.check_output)
+    verify_outputs = _forward("integrity", IntegrityStore.verify_outputs)
+    bad_outputs = _forward("integrity", IntegrityStore.bad_outputs)
+    # files: writers and cleanup
+    writing = _forward("files", FileStore.writing)
+    heartbeat = _forward("files", FileStore.heartbeat)
     cleanup = _forward("files", FileStore.cleanup)

@@ -1,4 +1,5 @@
-"""Decoding selections, their outputs and lineage, and the one read a decode needs."""
+"""Decoding selections, their outputs and lineage, the one read a decode needs, and
+which selections want an output."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from .connection import Database
-from .errors import CatalogError, file_checksum
+from .errors import CatalogError
 from .files import FileStore
+from .integrity import OK, IntegrityStore, file_identity
 from .selection import SELECTION_FIELDS, DecodingSelection
 
 
@@ -24,6 +26,9 @@ class FeaturesSource:
     features_param_name: str
     content_hash: str
     path: str | None
+    size_bytes: int | None = None  # the file's identity as registered, to verify it
+    modified_ns: int | None = None
+    checksum: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class PositionSource:
     trodes_pos_params_name: str
     path: str
     checksum: str
+    size_bytes: int | None = None  # the file's identity as registered, to verify it
+    modified_ns: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,11 +58,13 @@ class DecodeSources:
     decoding_params: dict
     encoding_times: np.ndarray  # (n, 2)
     decoding_times: np.ndarray  # (n, 2)
+    nwb_size_bytes: int | None = None  # the NWB file's identity as registered, to verify it
+    nwb_modified_ns: int | None = None
 
 
 class DecodeStore:
-    def __init__(self, db: Database, user: str, files: FileStore):
-        self.db, self.user, self.files = db, user, files
+    def __init__(self, db: Database, user: str, files: FileStore, integrity: IntegrityStore):
+        self.db, self.user, self.files, self.integrity = db, user, files, integrity
 
     def insert_selection(self, selection: DecodingSelection) -> str:
         """Record what to decode; returns its ``merge_id``. Every name it holds must
@@ -109,10 +118,12 @@ class DecodeStore:
             s = self.fetch_selection(merge_id)
             where = f"Decode {merge_id} (session {s.nwb_file_name})"
             session = self.db.rows(
-                "SELECT nwb_path, content_hash FROM sessions WHERE nwb_file_name = ?", [s.nwb_file_name]
+                "SELECT nwb_path, content_hash, size_bytes, modified_ns FROM sessions WHERE nwb_file_name = ?",
+                [s.nwb_file_name],
             )
             features = self.db.rows(
-                "SELECT m.electrode_group_name, m.features_param_name, f.content_hash, x.path "
+                "SELECT m.electrode_group_name, m.features_param_name, f.content_hash, x.path, x.size_bytes, "
+                "x.modified_ns, x.checksum "
                 "FROM waveform_features_group_members m JOIN waveform_features f USING "
                 "(nwb_file_name, electrode_group_name, features_param_name) LEFT JOIN waveform_features_files x USING "
                 "(nwb_file_name, electrode_group_name, features_param_name) "
@@ -125,7 +136,8 @@ class DecodeStore:
                 [s.nwb_file_name, s.position_group_name],
             )
             position = self.db.rows(
-                "SELECT m.interval_list_name, m.trodes_pos_params_name, o.path, o.checksum FROM position_group_members m "
+                "SELECT m.interval_list_name, m.trodes_pos_params_name, o.path, o.checksum, o.size_bytes, "
+                "o.modified_ns FROM position_group_members m "
                 "JOIN position_outputs o USING (nwb_file_name, interval_list_name, trodes_pos_params_name) "
                 "WHERE m.nwb_file_name = ? AND m.position_group_name = ? ORDER BY 1",
                 [s.nwb_file_name, s.position_group_name],
@@ -154,16 +166,20 @@ class DecodeStore:
             decoding_params=json.loads(params),
             encoding_times=np.asarray(times[s.encoding_interval], dtype=float).reshape(-1, 2),
             decoding_times=np.asarray(times[s.decoding_interval], dtype=float).reshape(-1, 2),
+            nwb_size_bytes=session[0][2],
+            nwb_modified_ns=session[0][3],
         )
 
-    def output_paths(self, selection: DecodingSelection) -> tuple[Path, Path]:
-        """New paths for a run of a selection's decode: results and fitted model.
+    def output_paths(self, selection: DecodingSelection, run_id: str | None = None) -> tuple[Path, Path]:
+        """New paths for a run of a selection's decode: results and fitted model,
+        recorded as being written by this process (and Dagster run ``run_id``).
 
         Each run gets its own names, so a registered output is never overwritten; the
         previous run's files become orphans when the new one is registered."""
-        results = self.files.new_path("decoding", selection.nwb_file_name, selection.merge_id)
-        model = results.with_name(results.name[: -len(".nc")] + ".model.nc")
-        self.files.record([model], "decoding")
+        results, model = self.files.new_paths(
+            "decoding", selection.nwb_file_name, selection.merge_id, (".nc", ".model.nc"),
+            {"merge_id": selection.merge_id}, run_id,
+        )  # fmt: skip
         return results, model
 
     def register_output(
@@ -180,14 +196,25 @@ class DecodeStore:
         median_decoding_error_cm: float | None,
     ) -> dict:
         """Record a finished decode (replacing an earlier one of the same selection) and
-        its lineage, in one transaction. ``input_versions``: {kind: {key: version}}."""
+        its lineage, in one transaction, with its files' identities; the files are
+        registered and a replaced output's files orphaned in the same transaction, and a
+        deletion of the selection is undone. ``input_versions``: {kind: {key: version}}.
+        A CatalogError if a file's write intent is gone (``cleanup`` took its writer for
+        dead): run the decode again."""
         path, model_path = Path(path).resolve(), Path(model_path).resolve()
+        owner = f"decoding output {merge_id}"
+        results, model = file_identity(path, owner), file_identity(model_path, owner)
         row = {
             "merge_id": merge_id,
             "path": str(path),
             "model_path": str(model_path),
-            "size_bytes": path.stat().st_size,
-            "checksum": file_checksum(path),
+            "size_bytes": results.size_bytes,
+            "modified_ns": results.modified_ns,
+            "checksum": results.checksum,
+            "model_size_bytes": model.size_bytes,
+            "model_modified_ns": model.modified_ns,
+            "model_checksum": model.checksum,
+            "file_status": OK,
             "code_version": code_version,
             "input_versions": json.dumps(input_versions, sort_keys=True),
             "n_time_bins": int(n_time_bins),
@@ -201,21 +228,23 @@ class DecodeStore:
         ]
 
         def write(con):
-            selected, registered = con.execute(
-                "SELECT (SELECT count(*) FROM decoding_selections WHERE merge_id = ?), "
-                "(SELECT count(*) FROM decoding_outputs WHERE merge_id = ?)",
-                [merge_id, merge_id],
-            ).fetchone()
-            if not selected:
+            selected = con.execute("SELECT count(*) FROM decoding_selections WHERE merge_id = ?", [merge_id]).fetchone()
+            if not selected[0]:
                 raise CatalogError(f"Unknown merge_id {merge_id!r}: insert its selection first.")
-            if registered:
+            self.files.mark_registered(con, [path, model_path], owner)
+            previous = con.execute(
+                "SELECT path, model_path FROM decoding_outputs WHERE merge_id = ?", [merge_id]
+            ).fetchone()
+            if previous is not None:
                 con.execute("DELETE FROM lineage WHERE merge_id = ?", [merge_id])
                 con.execute("DELETE FROM decoding_outputs WHERE merge_id = ?", [merge_id])
+                self.files.mark_orphaned(con, sorted(set(previous) - {str(path), str(model_path)}))
+            con.execute("DELETE FROM deleted_selections WHERE merge_id = ?", [merge_id])
             # two workers registering the same decode at once collide on the key, and
             # the retry replaces the first one's record
             con.execute(
-                f"INSERT INTO decoding_outputs ({', '.join(row)}, created_at) VALUES ({', '.join('?' * len(row))}, "
-                "current_timestamp)",
+                f"INSERT INTO decoding_outputs ({', '.join(row)}, created_at, checked_at) VALUES "
+                f"({', '.join('?' * len(row))}, current_timestamp, current_timestamp)",
                 list(row.values()),
             )
             if lineage:
@@ -267,11 +296,15 @@ class DecodeStore:
         )
 
     def delete_output(self, merge_id: str, force: bool = False) -> None:
-        """Forget a decoding output; its files are removed by the next ``cleanup``. Only
-        whoever made it may, unless ``force``."""
+        """Forget a decoding output; its files are removed by the next ``cleanup``, and
+        its selection is recorded as deleted (who, when: ``deleted_selections``) so that
+        automation does not decode it again by itself. Only whoever made it may, unless
+        ``force``."""
 
         def write(con):
-            row = con.execute("SELECT created_by FROM decoding_outputs WHERE merge_id = ?", [merge_id]).fetchone()
+            row = con.execute(
+                "SELECT created_by, path, model_path FROM decoding_outputs WHERE merge_id = ?", [merge_id]
+            ).fetchone()
             if row is None:
                 raise CatalogError(f"No decoding output for merge_id {merge_id!r}.")
             if row[0] is not None and row[0] != self.user and not force:
@@ -279,7 +312,62 @@ class DecodeStore:
                     f"The decoding output {merge_id} was made by {row[0]}, not by you ({self.user}); ask them, or "
                     "delete it with force=True (decoding-assets catalog delete --force)."
                 )
-            con.execute("DELETE FROM lineage WHERE merge_id = ?", [merge_id])
-            con.execute("DELETE FROM decoding_outputs WHERE merge_id = ?", [merge_id])
+            self._forget(con, merge_id, row[1:])
+            con.execute(
+                "INSERT INTO deleted_selections (merge_id, deleted_by, deleted_at) VALUES (?, ?, current_timestamp) "
+                "ON CONFLICT (merge_id) DO UPDATE SET deleted_by = excluded.deleted_by, "
+                "deleted_at = excluded.deleted_at",
+                [merge_id, self.user],
+            )
 
         self.db.write(write)
+
+    def forget_bad_output(self, merge_id: str) -> None:
+        """Repair: forget a decoding output whose results or model file is missing or
+        altered (checked again now), with its lineage, in one transaction. Its selection
+        stays, so it is wanted again (``missing_outputs``) and decoded anew; its files go
+        at the next ``cleanup``. An output whose files are fine is refused (delete it
+        with ``delete_output``)."""
+        checks = self.integrity.check_output(merge_id)
+        if all(c.status == OK for c in checks):
+            raise CatalogError(
+                f"The decoding output {merge_id} has its results and model files as registered: nothing to repair. "
+                "Delete it with delete_output if you no longer want it."
+            )
+        files = [c.record.path for c in checks]
+
+        def write(con):
+            # a new decode registered since the check is not the bad output
+            if con.execute(
+                "SELECT count(*) FROM decoding_outputs WHERE merge_id = ? AND path = ?", [merge_id, files[0]]
+            ).fetchone()[0]:
+                self._forget(con, merge_id, files)
+
+        self.db.write(write)
+
+    def _forget(self, con, merge_id: str, files) -> None:
+        con.execute("DELETE FROM lineage WHERE merge_id = ?", [merge_id])
+        con.execute("DELETE FROM decoding_outputs WHERE merge_id = ?", [merge_id])
+        self.files.mark_orphaned(con, list(files))
+
+    def deleted_selections(self, nwb_file_name: str | None = None) -> pd.DataFrame:
+        """Selections whose output a user deleted (``deleted_by``, ``deleted_at``):
+        automation leaves them alone until someone decodes them explicitly."""
+        sql = (
+            "SELECT s.*, d.deleted_by, d.deleted_at FROM deleted_selections d "
+            "JOIN decoding_selections s USING (merge_id)"
+        )
+        if nwb_file_name is None:
+            return self.db.query(sql + " ORDER BY d.deleted_at")
+        return self.db.query(sql + " WHERE s.nwb_file_name = ? ORDER BY d.deleted_at", [nwb_file_name])
+
+    def missing_outputs(self, nwb_file_name: str | None = None) -> pd.DataFrame:
+        """Selections wanted but without an output: no output registered, and not deleted
+        by a user."""
+        sql = (
+            "SELECT s.* FROM decoding_selections s WHERE NOT EXISTS (SELECT 1 FROM decoding_outputs o WHERE "
+            "o.merge_id = s.merge_id) AND NOT EXISTS (SELECT 1 FROM deleted_selections d WHERE d.merge_id = s.merge_id)"
+        )
+        if nwb_file_name is None:
+            return self.db.query(sql + " ORDER BY s.merge_id")
+        return self.db.query(sql + " AND s.nwb_file_name = ? ORDER BY s.merge_id", [nwb_file_name])

@@ -12,6 +12,7 @@ import pandas as pd
 from .connection import Database
 from .errors import CatalogError, check_name
 from .files import FileStore
+from .integrity import file_identity
 from .parameters import ParameterStore
 
 
@@ -99,14 +100,22 @@ class FeatureStore:
             )
         return df
 
-    def features_output_path(self, nwb_file_name: str, electrode_group_name: str, features_param_name: str) -> Path:
-        """A new path for one group's extracted features, recorded as written by this
-        catalog before anything is written (a re-extraction never overwrites a file)."""
-        return self.files.new_path("waveform_features", nwb_file_name, f"{electrode_group_name}__{features_param_name}")
+    def features_output_path(
+        self, nwb_file_name: str, electrode_group_name: str, features_param_name: str, run_id: str | None = None
+    ) -> Path:
+        """A new path for one group's extracted features, recorded as being written by
+        this process (and Dagster run ``run_id``) before anything is written (a
+        re-extraction never overwrites a file)."""
+        (path,) = self.files.new_paths(
+            "waveform_features", nwb_file_name, f"{electrode_group_name}__{features_param_name}", (".nc",),
+            {"electrode_group_name": electrode_group_name, "features_param_name": features_param_name}, run_id,
+        )  # fmt: skip
+        return path
 
     def register_extracted_features(self, nwb_file_name: str, features_param_name: str, rows: Sequence[dict]) -> None:
         """Record features extracted from a raw recording, every group in one transaction,
-        replacing an earlier extraction with the same parameter set.
+        replacing an earlier extraction with the same parameter set (its files are
+        orphaned), and register their files.
 
         Each row: electrode_group_name, path, raw_series_name, n_spikes, electrode_ids,
         bad_electrode_ids, code_version, run_seconds, content_hash (the features'
@@ -123,12 +132,11 @@ class FeatureStore:
             if group not in known:
                 raise CatalogError(f"Session {nwb_file_name} has no electrode group {group!r}.")
             path = Path(row["path"]).resolve()
-            if not path.is_file():
-                raise CatalogError(f"Session {nwb_file_name}, electrode group {group}: no features file at {path}.")
-            prepared.append((row, group, path))
+            owner = f"the waveform features of session {nwb_file_name}, electrode group {group} ({features_param_name})"
+            prepared.append((row, group, path, file_identity(path, owner)))
 
         def write(con):
-            for row, group, path in prepared:
+            for row, group, path, identity in prepared:
                 source = con.execute(
                     "SELECT source FROM waveform_features WHERE nwb_file_name = ? AND electrode_group_name = ? "
                     "AND features_param_name = ?",
@@ -147,20 +155,34 @@ class FeatureStore:
                     [nwb_file_name, group, features_param_name, int(row["n_spikes"]), len(row["electrode_ids"]),
                      f"raw:{row['raw_series_name']}", row["content_hash"]],
                 )  # fmt: skip
+                previous = con.execute(
+                    "SELECT path FROM waveform_features_files WHERE nwb_file_name = ? AND electrode_group_name = ? "
+                    "AND features_param_name = ?",
+                    [nwb_file_name, group, features_param_name],
+                ).fetchone()
+                if previous is not None and previous[0] != str(path):
+                    self.files.mark_orphaned(con, [previous[0]])
                 con.execute(
                     "INSERT INTO waveform_features_files (nwb_file_name, electrode_group_name, features_param_name, "
                     "path, raw_series_name, electrode_ids, bad_electrode_ids, params, code_version, run_seconds, "
-                    "created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp, ?) "
+                    "created_at, created_by, size_bytes, modified_ns, checksum) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp, ?, ?, ?, ?) "
                     "ON CONFLICT (nwb_file_name, electrode_group_name, features_param_name) DO UPDATE SET "
                     "path = excluded.path, "
                     "raw_series_name = excluded.raw_series_name, electrode_ids = excluded.electrode_ids, "
                     "bad_electrode_ids = excluded.bad_electrode_ids, params = excluded.params, "
                     "code_version = excluded.code_version, run_seconds = excluded.run_seconds, "
-                    "created_at = excluded.created_at, created_by = excluded.created_by",
+                    "created_at = excluded.created_at, created_by = excluded.created_by, "
+                    "size_bytes = excluded.size_bytes, modified_ns = excluded.modified_ns, "
+                    "checksum = excluded.checksum",
                     [nwb_file_name, group, features_param_name, str(path), row["raw_series_name"],
                      [int(i) for i in row["electrode_ids"]], [int(i) for i in row["bad_electrode_ids"]],
-                     json.dumps(params, sort_keys=True), row["code_version"], float(row["run_seconds"]), self.user],
+                     json.dumps(params, sort_keys=True), row["code_version"], float(row["run_seconds"]), self.user,
+                     identity.size_bytes, identity.modified_ns, identity.checksum],
                 )  # fmt: skip
+            self.files.mark_registered(
+                con, [path for _, _, path, _ in prepared], f"the waveform features of session {nwb_file_name}"
+            )
 
         self.db.write(write)
 

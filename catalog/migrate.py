@@ -9,9 +9,16 @@ from .connection import Database
 from .errors import CatalogError
 from .schema import TABLE_NAMES
 
-# when a row was written and by whom may differ between two catalogs that hold the
+# when a row was written and by whom, when its file was last seen (a touch records a new
+# mtime) and who is writing or deleting it may differ between two catalogs that hold the
 # same thing (each registered the session itself): only the rest must agree
-_BOOKKEEPING = {"registered_at", "created_at", "written_at", "created_by"}
+_BOOKKEEPING = {
+    "registered_at", "created_at", "written_at", "created_by", "modified_ns", "model_modified_ns", "file_status",
+    "checked_at", "state", "host", "pid", "process_start", "run_id", "heartbeat_at", "deleted_by", "deleted_at",
+}  # fmt: skip
+# a file identity one catalog has not learnt yet (upgraded from schema 2, not verified
+# since) agrees with the other's
+_LEARNT = {"size_bytes", "model_size_bytes", "model_checksum", "checksum"}
 
 
 def copy_catalog(source, target) -> dict[str, int]:
@@ -33,9 +40,10 @@ def copy_catalog(source, target) -> dict[str, int]:
             k = tuple(row[columns.index(c)] for c in key)
             if k not in have:
                 missing.append(row)
-            elif any(_value(row[i]) != _value(have[k][i]) for i in compared):
-                differ = [columns[i] for i in compared if _value(row[i]) != _value(have[k][i])]
-                conflicts.append(f"{table} {dict(zip(key, k))}: {', '.join(differ)} differ")
+            else:
+                differ = [columns[i] for i in compared if not _same(columns[i], row[i], have[k][i])]
+                if differ:
+                    conflicts.append(f"{table} {dict(zip(key, k))}: {', '.join(differ)} differ")
         plan.append((table, columns, missing))
     if conflicts:
         raise CatalogError(
@@ -70,6 +78,12 @@ def _primary_key(db: Database, table: str) -> list[str]:
         [table],
     )
     return list(rows[0][0])
+
+
+def _same(column: str, a, b) -> bool:
+    if column in _LEARNT and (a is None or b is None):
+        return True
+    return _value(a) == _value(b)
 
 
 def _value(value):

@@ -8,8 +8,9 @@ from typing import Sequence
 import pandas as pd
 
 from .connection import Database
-from .errors import CatalogError, check_name, file_checksum
+from .errors import CatalogError, check_name
 from .files import FileStore
+from .integrity import file_identity
 
 POSITION_VARIABLES = ("position_x", "position_y")
 
@@ -18,26 +19,50 @@ class PositionStore:
     def __init__(self, db: Database, user: str, files: FileStore):
         self.db, self.user, self.files = db, user, files
 
-    def position_output_path(self, nwb_file_name: str, interval_list_name: str, trodes_pos_params_name: str) -> Path:
-        return self.files.new_path(
-            "position", nwb_file_name, f"{interval_list_name}__{trodes_pos_params_name}", unique=False
-        )
+    def position_output_path(
+        self, nwb_file_name: str, interval_list_name: str, trodes_pos_params_name: str, run_id: str | None = None
+    ) -> Path:
+        """A new path for an interval's processed position, recorded as being written by
+        this process (and Dagster run ``run_id``); each run gets its own, so a
+        registered file is never overwritten."""
+        (path,) = self.files.new_paths(
+            "position", nwb_file_name, f"{interval_list_name}__{trodes_pos_params_name}", (".nc",),
+            {"interval_list_name": interval_list_name, "trodes_pos_params_name": trodes_pos_params_name}, run_id,
+        )  # fmt: skip
+        return path
 
     def register_position_output(
         self, nwb_file_name: str, interval_list_name: str, trodes_pos_params_name: str, path: Path, n_samples: int
     ) -> None:
+        """Record processed position (replacing the interval's earlier file, which is
+        orphaned) and register its file, in one transaction."""
         path = Path(path).resolve()
-        row = [nwb_file_name, interval_list_name, trodes_pos_params_name, str(path), int(n_samples), file_checksum(path),
-               self.user]  # fmt: skip
-        self.db.write(lambda con: con.execute(
-            "INSERT INTO position_outputs (nwb_file_name, interval_list_name, trodes_pos_params_name, path, n_samples, "
-            "checksum, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, current_timestamp, ?) "
-            "ON CONFLICT (nwb_file_name, interval_list_name, trodes_pos_params_name) DO UPDATE "
-            "SET path = excluded.path, n_samples = excluded.n_samples, checksum = excluded.checksum, "
-            "created_at = excluded.created_at, "
-            "created_by = excluded.created_by",
-            row,
-        ))  # fmt: skip
+        owner = f"the position of session {nwb_file_name}, interval {interval_list_name} ({trodes_pos_params_name})"
+        identity = file_identity(path, owner)
+        key = [nwb_file_name, interval_list_name, trodes_pos_params_name]
+        row = [*key, str(path), int(n_samples), identity.checksum, self.user, identity.size_bytes, identity.modified_ns]
+
+        def write(con):
+            self.files.mark_registered(con, [path], owner)
+            previous = con.execute(
+                "SELECT path FROM position_outputs WHERE nwb_file_name = ? AND interval_list_name = ? "
+                "AND trodes_pos_params_name = ?",
+                key,
+            ).fetchone()
+            if previous is not None and previous[0] != str(path):
+                self.files.mark_orphaned(con, [previous[0]])
+            con.execute(
+                "INSERT INTO position_outputs (nwb_file_name, interval_list_name, trodes_pos_params_name, path, "
+                "n_samples, checksum, created_at, created_by, size_bytes, modified_ns) "
+                "VALUES (?, ?, ?, ?, ?, ?, current_timestamp, ?, ?, ?) "
+                "ON CONFLICT (nwb_file_name, interval_list_name, trodes_pos_params_name) DO UPDATE "
+                "SET path = excluded.path, n_samples = excluded.n_samples, checksum = excluded.checksum, "
+                "created_at = excluded.created_at, created_by = excluded.created_by, "
+                "size_bytes = excluded.size_bytes, modified_ns = excluded.modified_ns",
+                row,
+            )
+
+        self.db.write(write)
 
     def position_outputs(self, nwb_file_name: str) -> pd.DataFrame:
         return self.db.query("SELECT * FROM position_outputs WHERE nwb_file_name = ? ORDER BY 2", [nwb_file_name])

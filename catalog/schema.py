@@ -4,7 +4,11 @@ their keys and checks), so both backends hold the same schema.
 
 Keys are the natural names users already use (``nwb_file_name``,
 ``interval_list_name``, ...). Every file the catalog hands out a path for is recorded
-in ``written_files``, so ``cleanup`` can tell its own orphans from anyone else's files.
+in ``written_files`` before it is written, with who writes it (``state`` 'writing',
+host, pid, heartbeat), so ``cleanup`` can tell its own orphans from anyone else's files
+and from files still being written; registering a file marks it 'registered', replacing
+or deleting its output marks it 'orphaned'. Every registered file keeps its identity
+(size, st_mtime_ns, checksum), so what is read back can be verified.
 ``created_by`` (``user@host``) says who wrote a row; NULL in rows written before it
 was recorded. Tables are listed parents first.
 
@@ -14,7 +18,7 @@ server describes them, and a server's json columns and defaults do not survive t
 trip intact.
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES = [
     """
@@ -31,7 +35,9 @@ TABLES = [
         session_description VARCHAR,
         session_start_time VARCHAR,
         registered_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
-        created_by VARCHAR
+        created_by VARCHAR,
+        size_bytes BIGINT,
+        modified_ns BIGINT
     )""",
     """
     CREATE TABLE IF NOT EXISTS interval_lists (
@@ -97,6 +103,9 @@ TABLES = [
         run_seconds DOUBLE NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
         created_by VARCHAR,
+        size_bytes BIGINT,
+        modified_ns BIGINT,
+        checksum VARCHAR,
         PRIMARY KEY (nwb_file_name, electrode_group_name, features_param_name),
         FOREIGN KEY (nwb_file_name, electrode_group_name, features_param_name)
             REFERENCES waveform_features (nwb_file_name, electrode_group_name, features_param_name)
@@ -136,6 +145,8 @@ TABLES = [
         checksum VARCHAR NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
         created_by VARCHAR,
+        size_bytes BIGINT,
+        modified_ns BIGINT,
         PRIMARY KEY (nwb_file_name, interval_list_name, trodes_pos_params_name),
         FOREIGN KEY (nwb_file_name, interval_list_name) REFERENCES interval_lists (nwb_file_name, interval_list_name)
     )""",
@@ -199,7 +210,21 @@ TABLES = [
         run_seconds DOUBLE NOT NULL,
         device VARCHAR NOT NULL,
         median_decoding_error_cm DOUBLE,
-        created_by VARCHAR
+        created_by VARCHAR,
+        modified_ns BIGINT,
+        model_size_bytes BIGINT,
+        model_modified_ns BIGINT,
+        model_checksum VARCHAR,
+        file_status VARCHAR,
+        checked_at TIMESTAMPTZ
+    )""",
+    # a decoding output a user deleted: automation does not decode its selection again by
+    # itself; registering an output of the selection (an explicit decode) clears it
+    """
+    CREATE TABLE IF NOT EXISTS deleted_selections (
+        merge_id VARCHAR PRIMARY KEY REFERENCES decoding_selections (merge_id),
+        deleted_by VARCHAR,
+        deleted_at TIMESTAMPTZ NOT NULL
     )""",
     """
     CREATE TABLE IF NOT EXISTS lineage (
@@ -214,7 +239,13 @@ TABLES = [
         path VARCHAR PRIMARY KEY,
         kind VARCHAR NOT NULL,
         written_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
-        created_by VARCHAR
+        created_by VARCHAR,
+        state VARCHAR,
+        host VARCHAR,
+        pid BIGINT,
+        process_start VARCHAR,
+        run_id VARCHAR,
+        heartbeat_at TIMESTAMPTZ
     )""",
 ]
 
@@ -233,5 +264,33 @@ UPGRADES = {
                 "decoding_outputs", "written_files",
             )
         ),
+    ],
+    # file identities start unknown: the first verification hashes the file and records
+    # them (a file missing or unlike its stored checksum is reported, never recorded);
+    # a decoding output is 'unchecked' until then. Every written file that an output
+    # references is registered, any other is an orphan for cleanup (which still spares
+    # it for min_age_s, as before).
+    3: [
+        *(
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}"
+            for table, column, kind in (
+                ("sessions", "size_bytes", "BIGINT"), ("sessions", "modified_ns", "BIGINT"),
+                ("waveform_features_files", "size_bytes", "BIGINT"),
+                ("waveform_features_files", "modified_ns", "BIGINT"),
+                ("waveform_features_files", "checksum", "VARCHAR"),
+                ("position_outputs", "size_bytes", "BIGINT"), ("position_outputs", "modified_ns", "BIGINT"),
+                ("decoding_outputs", "modified_ns", "BIGINT"), ("decoding_outputs", "model_size_bytes", "BIGINT"),
+                ("decoding_outputs", "model_modified_ns", "BIGINT"), ("decoding_outputs", "model_checksum", "VARCHAR"),
+                ("decoding_outputs", "file_status", "VARCHAR"), ("decoding_outputs", "checked_at", "TIMESTAMPTZ"),
+                ("written_files", "state", "VARCHAR"), ("written_files", "host", "VARCHAR"),
+                ("written_files", "pid", "BIGINT"), ("written_files", "process_start", "VARCHAR"),
+                ("written_files", "run_id", "VARCHAR"), ("written_files", "heartbeat_at", "TIMESTAMPTZ"),
+            )
+        ),
+        "UPDATE decoding_outputs SET file_status = 'unchecked' WHERE file_status IS NULL",
+        "UPDATE written_files SET heartbeat_at = written_at, state = CASE WHEN path IN ("
+        "SELECT path FROM decoding_outputs UNION ALL SELECT model_path FROM decoding_outputs "
+        "UNION ALL SELECT path FROM position_outputs UNION ALL SELECT path FROM waveform_features_files"
+        ") THEN 'registered' ELSE 'orphaned' END WHERE state IS NULL",
     ],
 }  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -37,8 +38,11 @@ class SessionStore:
         features, all in one transaction; returns its ``nwb_file_name``.
 
         Idempotent for the same content, except that what a newer version reads from
-        the file (interval lists, epochs) and the catalog lacks is added, never changed;
-        a changed file under a registered name is an error. ``interval_lists``: {name:
+        the file (interval lists, epochs) and the catalog lacks is added, never changed,
+        and where the file is, its size and mtime are brought up to date (a file moved
+        or copied); a changed file under a registered name is an error.
+        ``content_hash``: ``file_checksum`` of the file (computed if not given), against
+        which the file is verified before a decode reads it. ``interval_lists``: {name:
         (valid_times (n, 2), source)}; ``epochs``: dicts with interval_list_name (an
         interval list of source "epoch"), epoch, task_name, task_environment,
         camera_id, epoch_kind ("run", "sleep" or None); ``electrode_groups``: [(name,
@@ -50,6 +54,7 @@ class SessionStore:
             raise CatalogError(f"No NWB file at {nwb_path}.")
         nwb_file_name = check_name("nwb_file_name", nwb_path.name)
         content_hash = content_hash or file_checksum(nwb_path)
+        stat = os.stat(nwb_path)
         intervals = []
         for name, (valid_times, source) in (interval_lists or {}).items():
             check_name("interval_list_name", name)
@@ -78,13 +83,17 @@ class SessionStore:
                         f"Session {nwb_file_name} is already registered (from {row[1]}) with different content. "
                         "A changed recording needs a new file name."
                     )
+                con.execute(
+                    "UPDATE sessions SET nwb_path = ?, size_bytes = ?, modified_ns = ? WHERE nwb_file_name = ?",
+                    [str(nwb_path), stat.st_size, stat.st_mtime_ns, nwb_file_name],
+                )
                 _add_session_rows(con, nwb_file_name, intervals, epochs)
                 return
             con.execute(
                 "INSERT INTO sessions (nwb_file_name, nwb_path, content_hash, subject_id, session_description, "
-                "session_start_time, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "session_start_time, created_by, size_bytes, modified_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [nwb_file_name, str(nwb_path), content_hash, subject_id, session_description, session_start_time,
-                 self.user],
+                 self.user, stat.st_size, stat.st_mtime_ns],
             )  # fmt: skip
             _add_session_rows(con, nwb_file_name, intervals, epochs)
             for name, n_channels, location in electrode_groups:

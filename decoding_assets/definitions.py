@@ -6,10 +6,11 @@ import dagster as dg
 from decoding_assets import pipeline
 from decoding_assets.defs.automation import (
     build_decoding_jobs,
-    build_missing_decodes_schedule,
+    catalog_sync,
     new_nwb_files,
     parameters_job,
     sessions_job,
+    verify_outputs,
 )
 from decoding_assets.defs.decoding import build_decoding_assets
 from decoding_assets.defs.parameters import parameter_sets
@@ -20,12 +21,10 @@ from decoding_assets.defs.sessions import session_assets
 def build_definitions(config: dict | None = None) -> dg.Definitions:
     config = config or pipeline.load_config()
     decoding_assets = build_decoding_assets(config)
-    decoding_jobs = build_decoding_jobs(decoding_assets, config["decodings"])
     return dg.Definitions(
         assets=[parameter_sets, *session_assets, *decoding_assets],
-        jobs=[parameters_job, sessions_job, *decoding_jobs],
-        sensors=[new_nwb_files],
-        schedules=[build_missing_decodes_schedule(c, j) for c, j in zip(config["decodings"], decoding_jobs)],
+        jobs=[parameters_job, sessions_job, *build_decoding_jobs(decoding_assets, config["decodings"])],
+        sensors=[new_nwb_files, catalog_sync, verify_outputs],
         resources={"catalog": default_catalog_resource()},
     )
 

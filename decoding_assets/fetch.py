@@ -1,5 +1,8 @@
 """Reading a decode back in a notebook: the results, the fitted model and what it was
-fitted on, found through the catalog.
+fitted on, found through the catalog. Every file is verified against what the catalog
+registered before it is read (``verify="fast"``: size and mtime, hashing only a file
+whose mtime changed; ``verify="full"``: always hashed): a missing or altered file
+raises a CatalogError naming it, never returns other values.
 
     from catalog import Catalog
     from decoding_assets.fetch import fetch_results
@@ -8,41 +11,62 @@ fitted on, found through the catalog.
 
 from __future__ import annotations
 
+from typing import Collection
+
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from catalog import Catalog
+from catalog import Catalog, DecodeSources
 
 from .decoder import ContFragClusterlessClassifier, Environment, load_results
-from .pipeline import load_decoding_inputs, read_features
+from .pipeline import read_features
+from .position import load_position, upsample_position_group
+
+VERIFY_MODES = ("fast", "full")
 
 
-def fetch_results(catalog: Catalog, merge_id: str) -> xr.Dataset:
+def fetch_results(catalog: Catalog, merge_id: str, verify: str = "fast") -> xr.Dataset:
     """The decode as an ``xarray.Dataset`` (``state_bins`` MultiIndex rebuilt;
     ``interval_labels`` says which piece of the decoding interval each bin is in)."""
-    return load_results(catalog.fetch_output(merge_id)["path"])
+    return load_results(catalog.verify_output(merge_id, full=_full(verify))["path"])
 
 
-def fetch_model(catalog: Catalog, merge_id: str, device=None) -> ContFragClusterlessClassifier:
+def fetch_model(catalog: Catalog, merge_id: str, device=None, verify: str = "fast") -> ContFragClusterlessClassifier:
     """The fitted classifier the decode used."""
-    return ContFragClusterlessClassifier.load_model(catalog.fetch_output(merge_id)["model_path"], device=device)
+    output = catalog.verify_output(merge_id, full=_full(verify))
+    return ContFragClusterlessClassifier.load_model(output["model_path"], device=device)
 
 
-def fetch_environments(catalog: Catalog, merge_id: str) -> Environment:
+def fetch_environments(catalog: Catalog, merge_id: str, verify: str = "fast") -> Environment:
     """The fitted spatial grid of the decode."""
-    return fetch_model(catalog, merge_id).environments
+    return fetch_model(catalog, merge_id, verify=verify).environments
 
 
-def fetch_position_info(catalog: Catalog, merge_id: str) -> pd.DataFrame:
+def fetch_position_info(catalog: Catalog, merge_id: str, verify: str = "fast") -> pd.DataFrame:
     """The position group the decode used, upsampled: index time; position_x,
     position_y, orientation, velocity_x, velocity_y, speed."""
-    return load_decoding_inputs(catalog, merge_id).position
+    sources = _verified_sources(catalog, merge_id, verify, ("position",))
+    return upsample_position_group([load_position(p.path) for p in sources.position], sources.upsample_rate)
 
 
-def fetch_spike_data(catalog: Catalog, merge_id: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def fetch_spike_data(
+    catalog: Catalog, merge_id: str, verify: str = "fast"
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Spike times and waveform features per electrode group of the decode's waveform
     features group (in the group's order)."""
-    sources = catalog.fetch_decode_sources(merge_id)
+    sources = _verified_sources(catalog, merge_id, verify, ("nwb", "waveform_features"))
     features = read_features(sources.nwb_path, sources.features)
     return [f.times for f in features], [f.features for f in features]
+
+
+def _verified_sources(catalog: Catalog, merge_id: str, verify: str, kinds: Collection[str]) -> DecodeSources:
+    return catalog.verify_decode_inputs(catalog.fetch_decode_sources(merge_id), full=_full(verify), kinds=kinds)
+
+
+def _full(verify: str) -> bool:
+    if verify not in VERIFY_MODES:
+        raise ValueError(
+            f"verify must be one of {VERIFY_MODES} (fast: size and mtime; full: checksum), got {verify!r}."
+        )
+    return verify == "full"

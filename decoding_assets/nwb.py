@@ -119,7 +119,9 @@ def read_session_info(path: str | Path, led_names: dict | None = None) -> dict:
     one per trial (``trial_name``), ``pos {k} valid times`` per position series
     (stretches of camera frames without a pause), and ``raw data valid times`` (the
     raw recording's contiguous stretches) when the file has one raw series.
-    ``led_names``: the ``position_series`` mapping for this session, if any."""
+    ``led_names``: the ``position_series`` mapping for this session, if any. A position
+    series whose timestamps go backwards is an error here already: the intervals read
+    from it would be wrong, and a registered session's intervals are never changed."""
     io, nwb = _open(path)
     name = Path(path).name
     with io:
@@ -437,6 +439,54 @@ def _led_cm(series, where: str) -> np.ndarray:
     return cm
 
 
+def format_seconds(t: float) -> str:
+    """A time in s as it reads best in a message: 30, 6.666667, 1687000030.5 (never 1.687e+09)."""
+    return f"{t:.6f}".rstrip("0").rstrip(".")
+
+
+def _same_frames(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, whether two arrays of LED positions agree (a lost LED, NaN, agrees with NaN)."""
+    return np.all((a == b) | (np.isnan(a) & np.isnan(b)), axis=1)
+
+
+def frames_in_time_order(raw: RawPosition, where: str) -> RawPosition:
+    """``raw`` without repeated frames (the same timestamp and LED positions as the frame
+    before: a camera that sent a frame twice), which are dropped with a warning.
+
+    Position is interpolated by time, so a timestamp that goes backwards is an error, as
+    is a timestamp shared by frames with different positions (which is right cannot be
+    told); the message names ``where`` (the file and series), the frame and its time."""
+    time = raw.time
+    step = np.diff(time)
+    backwards = np.flatnonzero(step < 0)
+    if backwards.size:
+        i = int(backwards[0]) + 1
+        raise NWBReadError(
+            f"{where}: timestamps go backwards at frame {i}: t = {format_seconds(time[i])} s after "
+            f"{format_seconds(time[i - 1])} s at frame {i - 1}. Position is interpolated by time, so a camera's frames "
+            "must be in time order: convert the recording again, or write the series with its frames sorted by time."
+        )
+    repeated = np.flatnonzero(step == 0) + 1
+    if not repeated.size:
+        return raw
+    leds = [raw.front] if raw.back is None else [raw.front, raw.back]
+    same = np.logical_and.reduce([_same_frames(led[repeated], led[repeated - 1]) for led in leds])
+    if not same.all():
+        i = int(repeated[~same][0])
+        raise NWBReadError(
+            f"{where}: frames {i - 1} and {i} share t = {format_seconds(time[i])} s but differ, so which position is "
+            "right cannot be told. Convert the recording again, or drop one of the two frames from the series."
+        )
+    warnings.warn(
+        f"{where}: dropped {repeated.size} repeated frame(s), each with the timestamp and position of the frame before "
+        f"it (the first: frame {repeated[0]}, t = {format_seconds(time[repeated[0]])} s).",
+        stacklevel=2,
+    )
+    keep = np.ones(time.size, dtype=bool)
+    keep[repeated] = False
+    return RawPosition(time[keep], raw.front[keep], None if raw.back is None else raw.back[keep], raw.name)
+
+
 def _raw_positions(nwb, name: str, led_names: dict | None) -> list[RawPosition]:
     container = _position_container(nwb)
     where = f"NWB file {name}: processing/behavior/{container.name}"
@@ -458,17 +508,17 @@ def _raw_positions(nwb, name: str, led_names: dict | None) -> list[RawPosition]:
                     f"{where}: LED series {front_name} and {back_name} have {time.size} and {back.shape[0]} frames; "
                     "they must be the same camera's frames. Name the right pair under position_series."
                 )
-        sources.append(
-            RawPosition(time=time, front=_led_cm(front, where), back=back,
-                        name=front_name if back_name is None else f"{front_name}, {back_name}")
-        )  # fmt: skip
+        raw = RawPosition(time=time, front=_led_cm(front, where), back=back,
+                          name=front_name if back_name is None else f"{front_name}, {back_name}")  # fmt: skip
+        sources.append(frames_in_time_order(raw, f"NWB file {name}: position series {front_name}"))
     # numbered in time order, as the labs' pipeline numbers "pos {k} valid times"
     return sorted(sources, key=lambda s: s.time[0] if s.time.size else np.inf)
 
 
 def read_raw_position(path: str | Path, led_names: dict | None = None) -> list[RawPosition]:
     """Every position source of the file: one per epoch's camera series on lab files,
-    one for the whole session otherwise."""
+    one for the whole session otherwise; each in time order (``frames_in_time_order``:
+    repeated frames dropped with a warning, timestamps going backwards an error)."""
     io, nwb = _open(path)
     with io:
         if _position_container(nwb) is None:
@@ -480,7 +530,8 @@ def read_raw_position(path: str | Path, led_names: dict | None = None) -> list[R
 
 
 def read_waveform_features(path: str | Path, electrode_group_names: list[str] | None = None) -> list[WaveformFeatures]:
-    """Spike times and per-channel amplitudes of the given electrode groups (default all)."""
+    """Spike times and per-channel amplitudes of the given electrode groups (default all);
+    a group without spikes has times (0,) and features (0, n_channels)."""
     io, nwb = _open(path)
     with io:
         available = _feature_containers(nwb)
@@ -501,7 +552,8 @@ def read_waveform_features(path: str | Path, electrode_group_names: list[str] | 
                     electrode_group_name=name,
                     features_param_name=_feature_set_name(container),
                     times=np.asarray(container.times[:], dtype=float),
-                    features=features.reshape(features.shape[0], -1),
+                    # (spikes, channels, features per channel); spelled out, as -1 cannot be inferred without spikes
+                    features=features.reshape(features.shape[0], int(np.prod(features.shape[1:]))),
                 )
             )
         return out

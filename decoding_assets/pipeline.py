@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time as clock
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,30 +21,42 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from catalog import Catalog, CatalogError, DecodeSources, DecodingSelection, file_checksum
+from catalog import Catalog, CatalogError, DecodeSources, DecodingSelection, check_name, file_checksum
+from catalog.position import POSITION_VARIABLES
 
 from . import __version__
 from .decoder import load_results, save_results
-from .models import decoding_model, store_decoding_params
+from .models import check_decoding_params, decoding_model, store_decoding_params
 from .nwb import (
     NoRawRecordingError,
     NWBReadError,
     RawPosition,
     WaveformFeatures,
+    format_seconds,
     open_raw_recording,
     read_raw_position,
     read_session_info,
     read_waveform_features,
 )
+from .plan import input_versions
 from .position import (
     GROUP_MAX_GAP_S,
+    check_position_params,
     interpolate_by_time,
     load_position,
     process_position,
     save_position,
     upsample_position_group,
 )
-from .waveforms import check_features_params, extract_waveform_features, load_features, median_peak_uv, save_features
+from .waveforms import (
+    check_features_params,
+    check_values,
+    extract_waveform_features,
+    is_number,
+    load_features,
+    median_peak_uv,
+    save_features,
+)
 
 DEFAULT_CONFIG = Path(__file__).with_name("decoding_configs.yaml")
 
@@ -87,52 +100,148 @@ class DecodingConfig:
     estimate_decoding_params: bool = False
 
 
-def _interval_rules(value, where: str) -> tuple[str, ...]:
-    rules = (value,) if isinstance(value, str) else tuple(value or ())
-    if not rules or not all(isinstance(r, str) and r for r in rules):
-        raise ValueError(f"{where}: give a glob over interval list names or one of {list(INTERVAL_RULES)}, or a list of them.")
-    for rule in rules:
-        if ("{" in rule or "}" in rule) and rule not in INTERVAL_RULES:
-            raise ValueError(f"{where}: unknown rule {rule!r}; rules are {list(INTERVAL_RULES)} (or a glob).")
-    return rules
+def _is_name(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_rule(value) -> bool:
+    """A glob over interval list names or one of INTERVAL_RULES."""
+    return _is_name(value) and ("{" not in value and "}" not in value or value in INTERVAL_RULES)
+
+
+def _is_rules(value) -> bool:
+    return _is_rule(value) or (isinstance(value, list) and bool(value) and all(map(_is_rule, value)))
+
+
+def _interval_rules(value) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+_RULES = (_is_rules, f"a glob over interval list names or one of {list(INTERVAL_RULES)}, or a list of them")
+_POSITION_GROUP_CHECKS = {
+    "intervals": _RULES,
+    "trodes_pos_params_name": (_is_name, "the name of a position parameter set"),
+    "upsample_rate": (lambda v: is_number(v) and v > 0, "a positive number (Hz)"),
+    "position_variables": (
+        lambda v: isinstance(v, list) and bool(v) and all(x in POSITION_VARIABLES for x in v) and len(set(v)) == len(v),
+        f"a list drawn from {list(POSITION_VARIABLES)}",
+    ),
+}
+_FEATURES_GROUP_CHECKS = {
+    "features_param_name": (_is_name, "the name of a waveform features parameter set"),
+    "source": (lambda v: v in (None, "raw", "nwb"), "'raw', 'nwb' or null (either)"),
+    "electrode_group_names": (
+        lambda v: v is None or (isinstance(v, list) and bool(v) and all(map(_is_name, v))),
+        "a list of electrode group names, or null (every group with the features)",
+    ),
+}
+_DECODING_CHECKS = {
+    "waveform_features_group_name": (_is_name, "the name of a waveform features group"),
+    "position_group_name": (_is_name, "the name of a position group"),
+    "decoding_param_name": (_is_name, "the name of a decoding parameter set"),
+    "encoding_interval": (
+        lambda v: _is_name(v) and ("{" not in v and "}" not in v or v in ENCODING_RULES),
+        f"an interval list name or one of {list(ENCODING_RULES)}",
+    ),
+    "decoding_intervals": _RULES,
+    "estimate_decoding_params": (lambda v: isinstance(v, bool), "true or false"),
+}
+_LED = (lambda v: v is None or _is_name(v), "a position series name, or an LED of the labs' per-epoch layout (led_1)")
+_LED_SERIES_CHECKS = {"front": _LED, "back": _LED}
+
+
+def _as_mapping(entry) -> dict:
+    """A section's entry as a mapping (null: empty)."""
+    if entry is None:
+        return {}
+    if not isinstance(entry, dict):
+        raise ValueError(f"expected a mapping of keys to values; got {entry!r}.")
+    return dict(entry)
+
+
+def _checked_entry(entry, checks: dict, required: tuple[str, ...] = ()) -> dict:
+    """A section's entry with only known keys, the required ones among them, each value checked."""
+    entry = _as_mapping(entry)
+    unknown = sorted(set(entry) - set(checks), key=str)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; known: {sorted(checks)}.")
+    missing = [k for k in required if entry.get(k) is None]
+    if missing:
+        raise ValueError(f"missing key(s) {missing}.")
+    check_values(entry, checks)
+    return entry
+
+
+def _position_group(entry) -> dict:
+    entry = _checked_entry(entry, _POSITION_GROUP_CHECKS)
+    return {**entry, "intervals": _interval_rules(entry.get("intervals", "{run_epochs}"))}
+
+
+def _decoding(name: str, entry) -> DecodingConfig:
+    required = tuple(k for k in _DECODING_CHECKS if k != "estimate_decoding_params")
+    entry = _checked_entry(entry, _DECODING_CHECKS, required)
+    return DecodingConfig(name=name, **{**entry, "decoding_intervals": _interval_rules(entry["decoding_intervals"])})
+
+
+def _each(config: dict, section: str, check: Callable[[str, object], object]) -> dict:
+    """{name: check(name, entry)} over a section's named entries; an error names the
+    section and the entry."""
+    entries = config.get(section) or {}
+    if not isinstance(entries, dict):
+        raise ValueError(f"{section} must map names to entries; got {entries!r}.")
+    out = {}
+    for name, entry in entries.items():
+        try:
+            check_name("the name", name)
+            out[name] = check(name, entry)
+        except ValueError as error:
+            raise ValueError(f"{section} {name!r}: {error}") from None
+    return out
+
+
+# each parameter set is checked as the pipeline checks it when it stores it
+_PARAMETER_SETS = {
+    "waveform_features_params": check_features_params,
+    "position_params": check_position_params,
+    "decoding_params": check_decoding_params,
+}
+CONFIG_SECTIONS = (*_PARAMETER_SETS, "waveform_features_groups", "position_groups", "decodings", "position_series")
 
 
 def load_config(path: str | Path | None = None) -> dict:
-    """The user-edited configuration (``DECODING_ASSETS_CONFIG`` or the packaged file)."""
+    """The user-edited configuration (``DECODING_ASSETS_CONFIG`` or the packaged file),
+    checked whole when it is loaded, so as the Dagster definitions load: every parameter
+    set by the checker the pipeline stores it with; every group, decoding and
+    position_series entry, its keys and values (booleans are YAML's true and false). An
+    error names the file, the section, the entry, the key and the value, and says what
+    is expected.
+
+    Returns the sections as written, except ``decodings``: a list of ``DecodingConfig``;
+    and each position group's ``intervals``: a tuple of rules."""
     path = Path(path or os.environ.get("DECODING_ASSETS_CONFIG") or DEFAULT_CONFIG)
     with open(path) as f:
         config = yaml.safe_load(f) or {}
-    known = {
-        "waveform_features_params", "decoding_params", "position_params", "waveform_features_groups", "position_groups",
-        "decodings", "position_series",
-    }  # fmt: skip
-    unknown = set(config) - known
+    try:
+        return _checked_config(config)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _checked_config(config) -> dict:
+    if not isinstance(config, dict):
+        raise ValueError(f"expected the sections {list(CONFIG_SECTIONS)}; got {config!r}.")
+    unknown = sorted(set(config) - set(CONFIG_SECTIONS), key=str)
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}.")
-    decodings = []
-    for name, entry in (config.get("decodings") or {}).items():
-        try:
-            entry = dict(entry)
-            entry["decoding_intervals"] = _interval_rules(entry.get("decoding_intervals"), f"{path}: decoding {name!r}")
-            decodings.append(DecodingConfig(name=name, **entry))
-        except TypeError as error:
-            raise ValueError(f"{path}: decoding {name!r}: {error}") from None
-        encoding = decodings[-1].encoding_interval
-        if ("{" in encoding or "}" in encoding) and encoding not in ENCODING_RULES:
-            raise ValueError(f"{path}: decoding {name!r}: encoding_interval {encoding!r} is not an interval list name "
-                             f"or one of {list(ENCODING_RULES)}.")  # fmt: skip
-    config["decodings"] = decodings
-    for name, entry in (config.get("position_groups") or {}).items():
-        entry = dict(entry or {})
-        entry["intervals"] = _interval_rules(entry.get("intervals", "{run_epochs}"), f"{path}: position group {name!r}")
-        config["position_groups"][name] = entry
-    for pattern, mapping in (config.get("position_series") or {}).items():
-        if not isinstance(mapping, dict) or not mapping.get("front") or set(mapping) - {"front", "back"}:
-            raise ValueError(
-                f"{path}: position_series {pattern!r} must map to {{front: SERIES}} or {{front: SERIES, back: SERIES}}; "
-                f"got {mapping!r}."
-            )
-    return config
+        raise ValueError(f"unknown section(s) {unknown}; known: {sorted(CONFIG_SECTIONS)}.")
+    for section, check in _PARAMETER_SETS.items():
+        _each(config, section, lambda _, params, check=check: check(_as_mapping(params)))
+    _each(config, "waveform_features_groups", lambda _, entry: _checked_entry(entry, _FEATURES_GROUP_CHECKS))
+    _each(config, "position_series", lambda _, entry: _checked_entry(entry, _LED_SERIES_CHECKS, ("front",)))
+    return {
+        **config,
+        "position_groups": _each(config, "position_groups", lambda _, entry: _position_group(entry)),
+        "decodings": list(_each(config, "decodings", _decoding).values()),
+    }
 
 
 def position_series_for(config: dict | None, nwb_file_name: str) -> dict | None:
@@ -187,15 +296,39 @@ def describe_failure(path: str | Path, error: BaseException) -> str:
     return f"{Path(path).name}: not registered: {type(error).__name__}: {message}"
 
 
+def zero_length(nwb_file_name: str, interval_list_name: str, valid_times: np.ndarray) -> str | None:
+    """What is wrong with an interval list that holds no time (None when it holds some)."""
+    valid_times = np.asarray(valid_times, dtype=float).reshape(-1, 2)
+    if np.any(valid_times[:, 1] > valid_times[:, 0]):
+        return None
+    if not valid_times.size:
+        span = "its valid_times are empty"
+    elif len(valid_times) == 1:
+        span = f"start = stop = {format_seconds(valid_times[0, 0])} s"
+    else:
+        first, last = format_seconds(valid_times[0, 0]), format_seconds(valid_times[-1, 1])
+        span = f"start = stop in each of its {len(valid_times)} pieces, {first} s to {last} s"
+    return f"Interval {interval_list_name!r} of session {nwb_file_name} has zero length ({span})."
+
+
+def _check_length(nwb_file_name: str, interval_list_name: str, valid_times: np.ndarray) -> None:
+    problem = zero_length(nwb_file_name, interval_list_name, valid_times)
+    if problem:
+        raise CatalogError(
+            f"{problem} There is nothing to encode or decode in it: choose another interval, or leave it out of the "
+            "decoding configuration's rules."
+        )
+
+
 def process_session_position(
-    catalog: Catalog, nwb_file_name: str, trodes_pos_params_name: str, config: dict | None = None
+    catalog: Catalog, nwb_file_name: str, trodes_pos_params_name: str, config: dict | None = None, run_id: str | None = None
 ) -> list[dict]:
     """Process the raw LEDs of every epoch with a named parameter set, each epoch from
     its own camera's series; one netCDF file and one catalog row per epoch.
 
     Returns one row per epoch: the LED series used, how many LEDs (one: no
-    orientation), the samples written and the fraction with a position; an epoch no
-    position series covers is reported and skipped."""
+    orientation), the samples written and the fraction with a position; an epoch of
+    zero length, or one no position series covers, is reported and skipped."""
     session = catalog.fetch_session(nwb_file_name)
     params = catalog.fetch_position_params(trodes_pos_params_name)
     sources = read_raw_position(session["nwb_path"], position_series_for(config, nwb_file_name))
@@ -205,15 +338,20 @@ def process_session_position(
     report = []
     for epoch in epochs:
         valid_times = catalog.fetch_interval_list(nwb_file_name, epoch)
+        problem = zero_length(nwb_file_name, epoch, valid_times)
+        if problem:
+            report.append({"interval_list_name": epoch, "status": "skipped", "message": problem})
+            continue
         source = _position_source_for(sources, valid_times)
         if source is None:
             report.append({"interval_list_name": epoch, "status": "skipped",
                            "message": f"Session {nwb_file_name}: no position series has frames in epoch {epoch}."})  # fmt: skip
             continue
         frame = process_position(source, valid_times, params)
-        path = catalog.position_output_path(nwb_file_name, epoch, trodes_pos_params_name)
-        save_position(frame, path)
-        catalog.register_position_output(nwb_file_name, epoch, trodes_pos_params_name, path, len(frame))
+        path = catalog.position_output_path(nwb_file_name, epoch, trodes_pos_params_name, run_id=run_id)
+        with catalog.writing([path], run_id=run_id):
+            save_position(frame, path)
+            catalog.register_position_output(nwb_file_name, epoch, trodes_pos_params_name, path, len(frame))
         report.append({
             "interval_list_name": epoch, "status": "processed", "series": source.name, "n_leds": source.n_leds,
             "orientation": "from 2 LEDs" if source.n_leds == 2 else "none (one LED)", "n_samples": len(frame),
@@ -263,12 +401,52 @@ def _stored_as(fetch, name: str, checked: dict, check) -> bool:
         return False
 
 
+def check_nwb_features(catalog: Catalog, nwb_file_name: str) -> list[dict]:
+    """Check the waveform features the NWB file holds against what the catalog
+    recorded when the file was registered (spike counts, finite features, spikes in
+    time order); one row per electrode group.
+
+    A group without spikes is kept, recorded with 0 spikes (it adds nothing to a
+    decode), and its row's message says so; a decode whose features group has no
+    spikes at all is refused (``decode``). Anything else is an error naming the group."""
+    recorded = catalog.waveform_features(nwb_file_name).query("source == 'nwb'")
+    if recorded.empty:
+        return []
+    nwb_path = catalog.fetch_session(nwb_file_name)["nwb_path"]
+    features = read_waveform_features(nwb_path, list(recorded["electrode_group_name"]))
+    rows = []
+    for n_spikes, f in zip(recorded["n_spikes"], features):
+        where = f"Session {nwb_file_name}: electrode group {f.electrode_group_name}"
+        _check_nwb_group(f, int(n_spikes), where)
+        rows.append({
+            "electrode_group_name": f.electrode_group_name, "features_param_name": f.features_param_name,
+            "source": "nwb", "status": "from NWB file" if f.times.size else "no spikes", "n_spikes": int(f.times.size),
+            "n_channels": int(f.features.shape[1]), "median_peak_uv": median_peak_uv(f.features),
+            "message": None if f.times.size else
+            f"{where} has no spikes in the NWB file; it is kept with 0 spikes and adds nothing to a decode.",
+        })  # fmt: skip
+    return rows
+
+
+def _check_nwb_group(features: WaveformFeatures, n_spikes: int, where: str) -> None:
+    if features.times.size != n_spikes:
+        raise CatalogError(f"{where}: the NWB file holds {features.times.size} spikes, {n_spikes} when it was "
+                           "registered. Register the changed file under a new name.")  # fmt: skip
+    if not np.isfinite(features.features).all():
+        raise CatalogError(f"{where}: the NWB file's waveform features hold NaN or infinity. Fix the file and "
+                           "register it under a new name.")  # fmt: skip
+    if not (np.isfinite(features.times).all() and np.all(np.diff(features.times) >= 0)):
+        raise CatalogError(f"{where}: the NWB file's spike times are NaN or out of order. Fix the file and register "
+                           "it under a new name.")  # fmt: skip
+
+
 def extract_session_features(
     catalog: Catalog,
     nwb_file_name: str,
     features_param_name: str,
     n_workers: int | None = None,
     chunk_duration_s: float = 2.0,
+    run_id: str | None = None,
 ) -> list[dict]:
     """Extract a named features set from the session's raw recording, for every
     electrode group recorded raw whose features the NWB file does not already hold;
@@ -307,6 +485,17 @@ def extract_session_features(
         except ValueError as error:
             raise CatalogError(f"Session {nwb_file_name}, waveform features {features_param_name!r}: {error}") from None
     seconds = clock.perf_counter() - started
+    kept = [f for f in extracted if f.electrode_ids]
+    paths = [catalog.features_output_path(nwb_file_name, f.electrode_group_name, features_param_name, run_id=run_id)
+             for f in kept]  # fmt: skip
+    with catalog.writing(paths, run_id=run_id):
+        _save_extracted(catalog, nwb_file_name, features_param_name, params, recording.name, extracted,
+                        dict(zip((f.electrode_group_name for f in kept), paths)), seconds, report, rows)  # fmt: skip
+        catalog.register_extracted_features(nwb_file_name, features_param_name, rows)
+    return report
+
+
+def _save_extracted(catalog, nwb_file_name, features_param_name, params, series, extracted, paths, seconds, report, rows):
     for features in extracted:
         row = {"electrode_group_name": features.electrode_group_name, "n_spikes": int(features.times.size),
                "n_channels": len(features.electrode_ids), "bad_electrode_ids": features.bad_electrode_ids,
@@ -314,17 +503,15 @@ def extract_session_features(
         if not features.electrode_ids:
             report.append({**row, "status": "skipped"})
             continue
-        path = catalog.features_output_path(nwb_file_name, features.electrode_group_name, features_param_name)
+        path = paths[features.electrode_group_name]
         attrs = {"nwb_file_name": nwb_file_name, "features_param_name": features_param_name, "params": params,
-                 "raw_series_name": recording.name, "code_version": __version__}  # fmt: skip
+                 "raw_series_name": series, "code_version": __version__}  # fmt: skip
         save_features(features, path, attrs)
-        rows.append({"electrode_group_name": features.electrode_group_name, "path": path, "raw_series_name": recording.name,
+        rows.append({"electrode_group_name": features.electrode_group_name, "path": path, "raw_series_name": series,
                      "n_spikes": features.times.size, "electrode_ids": features.electrode_ids,
                      "bad_electrode_ids": features.bad_electrode_ids, "code_version": __version__,
                      "run_seconds": seconds, "content_hash": _features_version(features, params)})  # fmt: skip
         report.append({**row, "status": "extracted", "path": str(path), "median_peak_uv": median_peak_uv(features.features)})
-    catalog.register_extracted_features(nwb_file_name, features_param_name, rows)
-    return report
 
 
 def _features_version(features, params: dict) -> str:
@@ -433,9 +620,20 @@ def decodable_intervals(catalog: Catalog, nwb_file_name: str, config: dict) -> l
 
 
 def encoding_interval_for(catalog: Catalog, nwb_file_name: str, config: DecodingConfig, decoding_interval: str) -> str:
+    """The interval a configuration encodes on for a decoding interval; an interval of
+    zero length, decoding or encoding, is an error before anything else is tried."""
+    target = catalog.fetch_interval_list(nwb_file_name, decoding_interval)
+    _check_length(nwb_file_name, decoding_interval, target)
+    encoding = _encoding_interval(catalog, nwb_file_name, config, decoding_interval, target)
+    _check_length(nwb_file_name, encoding, catalog.fetch_interval_list(nwb_file_name, encoding))
+    return encoding
+
+
+def _encoding_interval(
+    catalog: Catalog, nwb_file_name: str, config: DecodingConfig, decoding_interval: str, target: np.ndarray
+) -> str:
     if config.encoding_interval not in ENCODING_RULES:
         return config.encoding_interval
-    target = catalog.fetch_interval_list(nwb_file_name, decoding_interval)
     if config.encoding_interval == "{nearest_run_epoch}":
         runs = catalog.epochs(nwb_file_name).query("epoch_kind == 'run'")
         if runs.empty:
@@ -501,18 +699,15 @@ class DecodingInputs:
 
 
 def load_decoding_inputs(catalog: Catalog, merge_id: str) -> DecodingInputs:
-    """One catalog read, then the files it names."""
-    sources = catalog.fetch_decode_sources(merge_id)
+    """One catalog read, then the files it names, each checked against the catalog
+    first: a changed NWB, features or position file stops the decode, named."""
+    sources = catalog.verify_decode_inputs(catalog.fetch_decode_sources(merge_id))
     selection = sources.selection
+    _check_length(selection.nwb_file_name, selection.encoding_interval, sources.encoding_times)
+    _check_length(selection.nwb_file_name, selection.decoding_interval, sources.decoding_times)
     features = read_features(sources.nwb_path, sources.features)
     position = upsample_position_group([load_position(p.path) for p in sources.position], sources.upsample_rate)
-    versions = {
-        "session": {selection.nwb_file_name: sources.session_content_hash},
-        "waveform_features": {f.electrode_group_name: f.content_hash for f in sources.features},
-        "position": {f"{p.interval_list_name}/{p.trodes_pos_params_name}": p.checksum for p in sources.position},
-        "decoding_params": {selection.decoding_param_name: _params_version(sources.decoding_params)},
-        "code": {"decoding_assets": __version__},
-    }
+    versions = input_versions(sources)
     return DecodingInputs(
         sources=sources,
         position=position,
@@ -523,10 +718,6 @@ def load_decoding_inputs(catalog: Catalog, merge_id: str) -> DecodingInputs:
     )
 
 
-def _params_version(params: dict) -> str:
-    return hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=10).hexdigest()
-
-
 def _within(times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     inside = np.zeros(times.shape, dtype=bool)
     for start, stop in intervals:
@@ -534,14 +725,24 @@ def _within(times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return inside
 
 
-def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False) -> dict:
+def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False, run_id: str | None = None) -> dict:
     """Run one decoding selection: fit on the encoding interval, decode each piece of
     the decoding interval, write the results (netCDF) and the fitted model, register
-    both with their lineage. Returns what was recorded plus run metadata."""
+    both with their lineage. Returns what was recorded plus run metadata.
+
+    The output paths are recorded as being written by this process (and Dagster run
+    ``run_id``) and kept alive while it writes, so ``cleanup`` never takes them."""
     started = clock.perf_counter()
     inputs = load_decoding_inputs(catalog, merge_id)
     selection, sources = inputs.selection, inputs.sources
     where = f"session {selection.nwb_file_name}"
+    if not any(times.size for times in inputs.spike_times):
+        name = selection.nwb_file_name
+        raise CatalogError(
+            f"Session {name}: waveform features group {selection.waveform_features_group_name!r} has no spikes at all "
+            f"(electrode groups: {', '.join(inputs.electrode_group_names)}); there is nothing to decode from. Decode "
+            f"with a group that has spikes: cat.waveform_features({name!r}) gives each electrode group's n_spikes."
+        )
     model = decoding_model(sources.decoding_params, device=device)
     model.clusterless_algorithm_params["disable_progress_bar"] = not progress
     position_time = inputs.position.index.to_numpy()
@@ -558,7 +759,16 @@ def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False)
     # position group covers it, the decoding error is measured
     pieces = [np.arange(start, stop, 1.0 / fs) for start, stop in sources.decoding_times]
 
-    path, model_path = catalog.output_paths(selection)
+    path, model_path = catalog.output_paths(selection, run_id=run_id)
+    with catalog.writing([path, model_path], run_id=run_id):
+        return _decode_into(catalog, inputs, model, pieces, is_training, path, model_path, started)
+
+
+def _decode_into(catalog, inputs: DecodingInputs, model, pieces, is_training, path: Path, model_path: Path, started) -> dict:
+    selection, sources = inputs.selection, inputs.sources
+    merge_id, fs = sources.merge_id, model.sampling_frequency
+    position_time = inputs.position.index.to_numpy()
+    position = inputs.position[inputs.position_variables].to_numpy()
     attrs = {
         "nwb_file_name": selection.nwb_file_name,
         "decoding_interval": selection.decoding_interval,

@@ -15,8 +15,9 @@ A lost LED (NaN; Trodes stores it as pixel (0, 0), which the reader turns into N
 missing data like a dropped frame.
 
 Everything is done by time, never by row order: the camera's timestamps are
-irregular. Orientation (front LED relative to back) is unwrapped before it is
-interpolated or smoothed and wrapped back to (-pi, pi] after.
+irregular, and must increase (``nwb.frames_in_time_order``). Orientation (front LED
+relative to back) is unwrapped before it is interpolated or smoothed and wrapped back
+to (-pi, pi] after.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 
 from .files import atomic_write
-from .nwb import RawPosition
+from .nwb import RawPosition, format_seconds, frames_in_time_order
+from .waveforms import check_values, is_number
 
 DEFAULT_POSITION_PARAMS = {
     "max_LED_separation": 9.0,
@@ -41,22 +43,42 @@ DEFAULT_POSITION_PARAMS = {
 POSITION_COLUMNS = ["position_x", "position_y", "orientation", "velocity_x", "velocity_y", "speed"]
 
 
+def _is_positive(value) -> bool:
+    return is_number(value) and value > 0
+
+
+def _is_arena(value) -> bool:
+    """None, or [[x_min, x_max], [y_min, y_max]] with each min below its max."""
+    if value is None:
+        return True
+    pairs = value if isinstance(value, (list, tuple)) and len(value) == 2 else ()
+    return bool(pairs) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(map(is_number, p)) and p[0] < p[1] for p in pairs
+    )
+
+
+_POSITION_CHECKS = {
+    "max_LED_separation": (_is_positive, "a positive number (cm)"),
+    "max_plausible_speed": (_is_positive, "a positive number (cm/s)"),
+    "position_smoothing_duration": (_is_positive, "a positive number (s)"),
+    "speed_smoothing_std_dev": (_is_positive, "a positive number (s)"),
+    "upsampling_sampling_rate": (_is_positive, "a positive number (Hz)"),
+    "upsampling_interpolation_method": (lambda v: v == "linear", "'linear' (the only method)"),
+    "max_gap_to_interpolate": (_is_positive, "a positive number (s)"),
+    "arena_bounds_cm": (_is_arena, "null or [[x_min, x_max], [y_min, y_max]] in cm, each min below its max"),
+}
+
+
 def check_position_params(params: dict) -> dict:
+    """The defaults overridden by ``params``; an unknown key or a value of the wrong kind
+    is an error naming the key, what is expected and the value."""
     unknown = set(params) - set(DEFAULT_POSITION_PARAMS)
     if unknown:
         raise ValueError(f"Unknown position parameter(s) {sorted(unknown)}; known: {sorted(DEFAULT_POSITION_PARAMS)}.")
     merged = {**DEFAULT_POSITION_PARAMS, **params}
-    if merged["upsampling_interpolation_method"] != "linear":
-        raise ValueError("Only linear upsampling_interpolation_method is supported.")
-    bounds = merged["arena_bounds_cm"]
-    if bounds is not None:
-        array = np.asarray(bounds, dtype=float) if np.ndim(bounds) == 2 else np.zeros(0)
-        if array.shape != (2, 2) or not np.all(array[:, 0] < array[:, 1]):
-            raise ValueError(f"Position parameter arena_bounds_cm must be [[x_min, x_max], [y_min, y_max]], got {bounds!r}.")
-        merged["arena_bounds_cm"] = array.tolist()
-    for key, value in merged.items():
-        if key not in ("upsampling_interpolation_method", "arena_bounds_cm") and not float(value) > 0:
-            raise ValueError(f"Position parameter {key} must be positive, got {value!r}.")
+    check_values(merged, _POSITION_CHECKS)
+    if merged["arena_bounds_cm"] is not None:
+        merged["arena_bounds_cm"] = np.asarray(merged["arena_bounds_cm"], dtype=float).tolist()
     return merged
 
 
@@ -65,8 +87,11 @@ def process_position(raw: RawPosition, valid_times: np.ndarray, params: dict) ->
     ``valid_times`` ((n, 2) [start, stop] s). Index: ``time``; NaN where tracking was
     lost for longer than ``max_gap_to_interpolate``. A lost LED (NaN in ``raw``, e.g.
     Trodes' (0, 0)) is missing data, never a position. With one LED the head is the LED
-    and orientation is NaN."""
+    and orientation is NaN. The frames must be in time order: a repeated frame (same
+    timestamp and LEDs as the one before) is dropped with a warning; a timestamp that
+    goes backwards, or one shared by frames that differ, is an error."""
     p = check_position_params(params)
+    raw = frames_in_time_order(raw, f"position series {raw.name}")
     time = raw.time
     if raw.back is None:  # a one-LED rig: the LED is the head, and there is no orientation
         head = raw.front.copy()
@@ -110,7 +135,9 @@ def process_position(raw: RawPosition, valid_times: np.ndarray, params: dict) ->
             )  # fmt: skip
         )
     if not frames:
-        raise ValueError("The interval has no time in it: nothing to process.")
+        pieces = np.reshape(valid_times, (-1, 2))
+        spans = ", ".join(f"[{format_seconds(a)}, {format_seconds(b)}]" for a, b in pieces) or "no valid times"
+        raise ValueError(f"position series {raw.name}: the interval ({spans}) has zero length; nothing to process.")
     return pd.concat(frames)
 
 

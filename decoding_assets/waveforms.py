@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -69,8 +71,55 @@ class FeatureExtractionError(ValueError):
     """The raw recording or the parameters do not allow extracting features."""
 
 
+def is_number(value) -> bool:
+    """A finite real number as YAML or JSON give one: not a string, not a boolean."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def is_positive_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 1
+
+
+def check_values(params: dict, checks: dict[str, tuple[Callable[[Any], bool], str]], error=ValueError) -> None:
+    """Each value of ``params`` against ``checks`` ({key: (is valid, what is expected)});
+    the first invalid one is an error naming its key, what is expected and the value."""
+    for key, value in params.items():
+        valid, expected = checks[key]
+        if not valid(value):
+            raise error(f"{key} must be {expected}; got {value!r}.")
+
+
+def _is_non_negative(value) -> bool:
+    return is_number(value) and value >= 0
+
+
+def _is_electrode_id(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 0
+
+
+def _is_band(value) -> bool:
+    pair = isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_number, value))
+    return pair and 0 < value[0] < value[1]
+
+
+_FEATURES_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "raw_series_name": (lambda v: v is None or (isinstance(v, str) and bool(v)),
+                        "null (the file's only raw ElectricalSeries) or the name of one"),
+    "filter_band_hz": (_is_band, "[low, high] in Hz with 0 < low < high"),
+    "filter_order": (is_positive_integer, "a positive integer"),
+    "reference": (lambda v: v in ("file", "none", "median") if isinstance(v, str) else _is_electrode_id(v),
+                  "'file', 'none', 'median' or an electrode id"),
+    "threshold_uv": (_is_non_negative, "a number >= 0 (µV)"),
+    "exclusion_window_ms": (_is_non_negative, "a number >= 0 (ms)"),
+    "artifact_threshold_uv": (lambda v: v is None or (is_number(v) and v > 0), "null (off) or a positive number (µV)"),
+    "artifact_channel_fraction": (lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "artifact_window_ms": (_is_non_negative, "a number >= 0 (ms)"),
+}  # fmt: skip
+
+
 def check_features_params(params: dict | None) -> dict:
-    """The defaults overridden by ``params``; unknown or impossible values are errors."""
+    """The defaults overridden by ``params``; an unknown key or a value of the wrong kind
+    is an error naming the key, what is expected and the value."""
     params = dict(params or {})
     unknown = sorted(set(params) - set(DEFAULT_FEATURES_PARAMS))
     if unknown:
@@ -78,22 +127,8 @@ def check_features_params(params: dict | None) -> dict:
             f"Unknown waveform features parameter(s) {unknown}; known: {sorted(DEFAULT_FEATURES_PARAMS)}."
         )
     merged = {**DEFAULT_FEATURES_PARAMS, **params}
-    band = merged["filter_band_hz"]
-    if len(band) != 2 or not 0 < float(band[0]) < float(band[1]):
-        raise FeatureExtractionError(f"filter_band_hz must be [low, high] with 0 < low < high; got {band}.")
-    merged["filter_band_hz"] = [float(band[0]), float(band[1])]
-    reference = merged["reference"]
-    if not (reference in ("file", "none", "median") or (isinstance(reference, int) and not isinstance(reference, bool))):
-        raise FeatureExtractionError(f"reference must be 'file', 'none', 'median' or an electrode id; got {reference!r}.")
-    for key in ("threshold_uv", "exclusion_window_ms", "artifact_window_ms"):
-        if not float(merged[key]) >= 0:
-            raise FeatureExtractionError(f"{key} must be >= 0; got {merged[key]!r}.")
-    if merged["artifact_threshold_uv"] is not None and not float(merged["artifact_threshold_uv"]) > 0:
-        raise FeatureExtractionError(f"artifact_threshold_uv must be > 0 or null; got {merged['artifact_threshold_uv']!r}.")
-    if not 0 < float(merged["artifact_channel_fraction"]) <= 1:
-        raise FeatureExtractionError("artifact_channel_fraction must be in (0, 1].")
-    if int(merged["filter_order"]) < 1:
-        raise FeatureExtractionError("filter_order must be >= 1.")
+    check_values(merged, _FEATURES_CHECKS, FeatureExtractionError)
+    merged["filter_band_hz"] = [float(f) for f in merged["filter_band_hz"]]
     return merged
 
 

@@ -247,8 +247,7 @@ def test_the_sensor_reports_a_bad_file_once_and_goes_on(lab_run, tmp_path, monke
 
     import dagster as dg
 
-    from decoding_assets.definitions import build_definitions
-    from decoding_assets.defs.automation import new_nwb_files
+    from decoding_assets.defs.automation import catalog_sync, new_nwb_files
     from decoding_assets.defs.resources import CatalogResource
 
     incoming = tmp_path / "incoming"
@@ -263,18 +262,19 @@ def test_the_sensor_reports_a_bad_file_once_and_goes_on(lab_run, tmp_path, monke
         context = dg.build_sensor_context(instance=instance, resources={"catalog": resource})
         first = new_nwb_files(context)
         # the bad file sorts first; the good files after it are registered all the same
-        assert sorted(r.partition_key for r in first) == ["lab_one_led.nwb", "lab_sleep_run.nwb"]
+        assert first.skip_message.startswith("Registered lab_one_led.nwb, lab_sleep_run.nwb ")
+        assert "Not registered: a_broken_copy.nwb" in first.skip_message
         assert "a_broken_copy.nwb" in context.cursor
         second = new_nwb_files(dg.build_sensor_context(instance=instance, resources={"catalog": resource}, cursor=context.cursor))
         assert second.skip_message == "No new NWB files."  # reported once, not every tick
         # the copy finishes: the file changes, so it is tried again
         shutil.copy(lab_run["folder"] / "lab_trials.nwb", incoming / "a_broken_copy.nwb")
         third = new_nwb_files(dg.build_sensor_context(instance=instance, resources={"catalog": resource}, cursor=context.cursor))
-        assert [r.partition_key for r in third] == ["a_broken_copy.nwb"]
-        # registered but not processed yet: the schedule leaves them to the sessions job
-        schedule = build_definitions(pipeline.load_config()).get_schedule_def("decode_contfrag_run_missing")
-        skipped = schedule(dg.build_schedule_context(instance=instance, resources={"catalog": resource}))
-        assert skipped.skip_message == "Every interval of every processed session is decoded."
+        assert third.skip_message.startswith("Registered a_broken_copy.nwb ")
+        # registered but not processed yet: sessions get partitions, no decoding does yet
+        synced = catalog_sync(dg.build_sensor_context(instance=instance, resources={"catalog": resource}))
+        added = {r.partitions_def_name: sorted(r.partition_keys) for r in synced.dynamic_partitions_requests}
+        assert added == {"sessions": ["a_broken_copy.nwb", "lab_one_led.nwb", "lab_sleep_run.nwb"]}
 
 
 def test_an_unexpected_failure_is_one_line(tmp_path):

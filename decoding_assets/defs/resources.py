@@ -1,11 +1,13 @@
 """Resources the assets get injected, and where things live.
 
-``DECODING_ASSETS_HOME`` (default ``./.decoding_assets``) holds the catalog
-(``catalog.duckdb``), the outputs (``outputs/``), JAX's compilation cache
-(``jax_cache/``) and the folder the sensor watches for new NWB files (``incoming/``, or
-``DECODING_ASSETS_WATCH_DIR``). A lab's shared catalog is named by
-``DECODING_ASSETS_CATALOG`` (``postgresql://user@host/dbname``), its outputs by
-``DECODING_ASSETS_OUTPUTS`` (a folder every worker reaches).
+``DECODING_ASSETS_HOME`` (default: ``decoding-assets`` in the user's data folder,
+``$XDG_DATA_HOME`` or ``~/.local/share``) holds the catalog (``catalog.duckdb``), the
+outputs (``outputs/``), JAX's compilation cache (``jax_cache/``) and the folder the
+sensor watches for new NWB files (``incoming/``, or ``DECODING_ASSETS_WATCH_DIR``). A
+lab's shared catalog is named by ``DECODING_ASSETS_CATALOG``
+(``postgresql://user@host/dbname``), its outputs by ``DECODING_ASSETS_OUTPUTS`` (a
+folder every worker reaches). ``DECODING_ASSETS_DECODE_SLOTS`` is how many decodes may
+run at once (default: one per GPU, else what the cores and memory hold).
 """
 
 
@@ -19,9 +21,33 @@ import dagster as dg
 from catalog import Catalog
 from decoding_assets.pipeline import enable_compilation_cache
 
+from .runs import record_run_process
+
 
 def home() -> Path:
-    return Path(os.environ.get("DECODING_ASSETS_HOME", ".decoding_assets")).resolve()
+    """``DECODING_ASSETS_HOME``, else the user's data folder: the same wherever a
+    notebook or command is started (a relative default gave each folder its own, empty
+    catalog)."""
+    if chosen := os.environ.get("DECODING_ASSETS_HOME"):
+        return Path(chosen).resolve()
+    data = Path(os.environ.get("XDG_DATA_HOME", ""))
+    if not data.is_absolute():  # unset, or relative: which the XDG spec says to ignore
+        data = Path.home() / ".local" / "share"
+    return data / "decoding-assets"
+
+
+def decode_slots() -> Optional[int]:
+    """``DECODING_ASSETS_DECODE_SLOTS``: how many decodes may run at once, or None
+    when not set."""
+    value = os.environ.get("DECODING_ASSETS_DECODE_SLOTS", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"DECODING_ASSETS_DECODE_SLOTS (--decode-slots) is {value!r}: it must be how many decodes may run at "
+            "once, a whole number from 1 (the number of GPUs, usually); unset it for the default."
+        )
+    return int(value)
 
 
 def catalog_location() -> str:
@@ -47,9 +73,12 @@ class CatalogResource(dg.ConfigurableResource):
     device: Optional[str] = None
     jax_cache_dir: Optional[str] = None
 
-    def setup_for_execution(self, context) -> None:
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.jax_cache_dir:
             enable_compilation_cache(self.jax_cache_dir)
+        # in a run (not a sensor's or schedule's evaluation): record its process, so a killed run is noticed
+        if context.dagster_run is not None and context.instance is not None:
+            record_run_process(context.instance, context.dagster_run)
 
     def get(self) -> Catalog:
         return _open_catalog(self.location, self.output_dir)

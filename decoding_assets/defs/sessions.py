@@ -3,23 +3,23 @@ and the groups decodes draw on. Partitioned by session (``nwb_file_name``)."""
 
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from decoding_assets import pipeline
-from decoding_assets.nwb import read_waveform_features
-from decoding_assets.waveforms import median_peak_uv
 
 from .parameters import parameter_sets
-from .partitions import decoding_intervals_partitions, sessions_partitions
+from .partitions import sessions_partitions
 from .resources import CatalogResource
+
+# a session added to the partitions (by the catalog_sync sensor) is processed once
+PROCESS_NEW = dg.AutomationCondition.on_missing()
 
 
 def _table(df) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.to_markdown(index=False) if len(df) else "(none)")
 
 
-@dg.asset(partitions_def=sessions_partitions, group_name="sessions", kinds={"nwb", "duckdb"})
+@dg.asset(partitions_def=sessions_partitions, automation_condition=PROCESS_NEW, group_name="sessions", kinds={"nwb", "duckdb"})
 def nwb_sessions(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
     """The session's NWB file, registered in the catalog with its content hash."""
     cat = catalog.get()
@@ -34,7 +34,7 @@ def nwb_sessions(context: dg.AssetExecutionContext, catalog: CatalogResource) ->
     )
 
 
-@dg.asset(partitions_def=sessions_partitions, group_name="sessions", deps=[nwb_sessions], kinds={"duckdb"})
+@dg.asset(partitions_def=sessions_partitions, automation_condition=PROCESS_NEW, group_name="sessions", deps=[nwb_sessions], kinds={"duckdb"})
 def interval_lists(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
     """Epochs (with their task, and whether each is a run or a sleep epoch), trials,
     position and raw data valid times; the intervals that decoding configurations
@@ -50,7 +50,6 @@ def interval_lists(context: dg.AssetExecutionContext, catalog: CatalogResource) 
             "epochs; {run_epochs} and {sleep_epochs} leave them out. Name them in a rule of decoding_configs.yaml."
         )
     decodable = pipeline.decodable_intervals(cat, nwb_file_name, pipeline.load_config())
-    context.instance.add_dynamic_partitions(decoding_intervals_partitions.name, decodable)
     columns = ["interval_list_name", "epoch", "task_name", "task_environment", "camera_id", "epoch_kind"]
     metadata = {
         "intervals": _table(table),
@@ -62,7 +61,7 @@ def interval_lists(context: dg.AssetExecutionContext, catalog: CatalogResource) 
 
 
 @dg.asset(
-    partitions_def=sessions_partitions, group_name="sessions", deps=[nwb_sessions, parameter_sets], kinds={"nwb", "netcdf"}
+    partitions_def=sessions_partitions, automation_condition=PROCESS_NEW, group_name="sessions", deps=[nwb_sessions, parameter_sets], kinds={"nwb", "netcdf"}
 )
 def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
     """Per electrode group: spike times and their amplitude on each channel.
@@ -74,24 +73,17 @@ def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResourc
     with no spikes, one channel or bad channels are reported, not dropped."""
     cat = catalog.get()
     nwb_file_name = context.partition_key
-    recorded = cat.waveform_features(nwb_file_name).query("source == 'nwb'")
-    features = read_waveform_features(cat.fetch_session(nwb_file_name)["nwb_path"], recorded["electrode_group_name"].tolist()) if len(recorded) else []
     rows = []
-    for row, f in zip(recorded.itertuples(), features):
-        if f.times.size != row.n_spikes or not np.all(np.isfinite(f.features)) or np.any(np.diff(f.times) < 0):
-            raise dg.Failure(
-                f"Session {nwb_file_name}, electrode group {f.electrode_group_name}: waveform features in the NWB "
-                "file differ from the catalog or contain NaN / unsorted spike times. Fix the file and register it anew."
-            )
-        if f.times.size == 0:
-            context.log.warning(f"{nwb_file_name}: electrode group {f.electrode_group_name} has no spikes.")
+    for item in pipeline.check_nwb_features(cat, nwb_file_name):
+        if item["message"]:
+            context.log.warning(item["message"])
         rows.append(
-            {"electrode_group_name": f.electrode_group_name, "features_param_name": f.features_param_name,
-             "source": "nwb", "n_spikes": f.times.size, "n_channels": f.features.shape[1],
-             "median_peak_uV": median_peak_uv(f.features)}
+            {"electrode_group_name": item["electrode_group_name"], "features_param_name": item["features_param_name"],
+             "source": "nwb", "n_spikes": item["n_spikes"], "n_channels": item["n_channels"],
+             "median_peak_uV": item["median_peak_uv"]}
         )  # fmt: skip
     for name in sorted(pipeline.load_config().get("waveform_features_params") or {}):
-        for item in pipeline.extract_session_features(cat, nwb_file_name, name):
+        for item in pipeline.extract_session_features(cat, nwb_file_name, name, run_id=context.run_id):
             if item.get("message"):
                 context.log.warning(f"{nwb_file_name}, {name}: {item['message']}")
             if item["status"] == "extracted":
@@ -104,7 +96,7 @@ def waveform_features(context: dg.AssetExecutionContext, catalog: CatalogResourc
 
 
 @dg.asset(
-    partitions_def=sessions_partitions, group_name="sessions", deps=[interval_lists, parameter_sets], kinds={"netcdf"}
+    partitions_def=sessions_partitions, automation_condition=PROCESS_NEW, group_name="sessions", deps=[interval_lists, parameter_sets], kinds={"netcdf"}
 )
 def position(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
     """Head position, orientation, velocity and speed per epoch, from that epoch's
@@ -115,14 +107,14 @@ def position(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.
     config = pipeline.load_config()
     rows = []
     for name in sorted(config.get("position_params") or {}):
-        for row in pipeline.process_session_position(cat, context.partition_key, name, config):
+        for row in pipeline.process_session_position(cat, context.partition_key, name, config, run_id=context.run_id):
             if row["message"]:
                 context.log.warning(row["message"])
             rows.append({"trodes_pos_params_name": name, **{k: v for k, v in row.items() if k != "message"}})
     return dg.MaterializeResult(metadata={"position_outputs": _table(pd.DataFrame(rows))})
 
 
-@dg.asset(partitions_def=sessions_partitions, group_name="groups", deps=[waveform_features], kinds={"duckdb"})
+@dg.asset(partitions_def=sessions_partitions, automation_condition=PROCESS_NEW, group_name="groups", deps=[waveform_features], kinds={"duckdb"})
 def waveform_features_groups(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
     """The waveform features groups of the configuration for this session."""
     done = pipeline.ensure_features_groups(catalog.get(), context.partition_key, pipeline.load_config())
@@ -134,7 +126,7 @@ def waveform_features_groups(context: dg.AssetExecutionContext, catalog: Catalog
     )
 
 
-@dg.asset(partitions_def=sessions_partitions, group_name="groups", deps=[position], kinds={"duckdb"})
+@dg.asset(partitions_def=sessions_partitions, automation_condition=PROCESS_NEW, group_name="groups", deps=[position], kinds={"duckdb"})
 def position_groups(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
     """The position groups of the configuration for this session."""
     names = pipeline.ensure_position_groups(catalog.get(), context.partition_key, pipeline.load_config())

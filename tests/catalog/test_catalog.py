@@ -137,12 +137,13 @@ def test_cleanup_spares_referenced_and_foreign_files(decoded, tmp_path):
     folder = cat.output_dir / "decoding" / name
     foreign = folder / "someone_elses_result.nc"
     foreign.write_bytes(b"not ours")
-    assert cat.cleanup(dry_run=True, min_age_s=0) == []  # everything is referenced
+    assert cat.cleanup(dry_run=True, min_age_s=0).deleted == ()  # everything is referenced
     cat.delete_output(merge_id)
-    orphans = cat.cleanup(dry_run=True, min_age_s=0)
+    orphans = cat.cleanup(dry_run=True, min_age_s=0).deleted
     assert sorted(str(p) for p in orphans) == sorted([output["path"], output["model_path"]])
-    assert cat.cleanup(dry_run=True, min_age_s=3600) == []  # too young to be sure
-    removed = cat.cleanup(dry_run=False, min_age_s=0)
+    young = cat.cleanup(dry_run=True, min_age_s=3600)  # too young to be sure
+    assert young.deleted == () and sorted(young.spared) == [(p, "younger than min_age_s") for p in sorted(orphans)]
+    removed = cat.cleanup(dry_run=False, min_age_s=0).deleted
     assert sorted(removed) == sorted(orphans)
     assert not any(p.exists() for p in removed)
     assert foreign.exists()
@@ -152,7 +153,7 @@ def test_cleanup_spares_referenced_and_foreign_files(decoded, tmp_path):
     second = cat.fetch_output(merge_id)
     assert second["path"] != output["path"]
     pipeline.decode(cat, merge_id)
-    assert sorted(str(p) for p in cat.cleanup(dry_run=True, min_age_s=0)) == sorted(
+    assert sorted(str(p) for p in cat.cleanup(dry_run=True, min_age_s=0).deleted) == sorted(
         [second["path"], second["model_path"]]
     )
 
@@ -257,7 +258,7 @@ def test_features_extracted_from_the_raw_recording(catalog, small_nwb, tmp_path)
     new = set(again["path"])
     assert not old & new and all(Path(p).exists() for p in new)
     assert again["content_hash"].tolist() == extracted["content_hash"].tolist()
-    removed = catalog.cleanup(dry_run=False, min_age_s=0)
+    removed = catalog.cleanup(dry_run=False, min_age_s=0).deleted
     assert {str(p) for p in removed} == old
 
     # a parameter set naming a series the file lacks fails before anything is written

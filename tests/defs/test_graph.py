@@ -6,7 +6,7 @@ import pytest
 
 from catalog import Catalog
 from decoding_assets.definitions import build_definitions, defs
-from decoding_assets.defs.automation import new_nwb_files
+from decoding_assets.defs.automation import catalog_sync, new_nwb_files
 from decoding_assets.defs.decoding import GPU_POOL
 from decoding_assets.defs.resources import CatalogResource
 from decoding_assets.fetch import fetch_position_info, fetch_results, fetch_spike_data
@@ -23,10 +23,11 @@ def test_definitions_load():
         "parameter_sets", "nwb_sessions", "interval_lists", "waveform_features", "position",
         "waveform_features_groups", "position_groups", "decoding/contfrag_run", "decoding/contfrag_raw_tetrodes",
     }  # fmt: skip
-    assert {s.name for s in repository.sensor_defs} == {"new_nwb_files"}
-    assert {s.name for s in repository.schedule_defs} == {
-        "decode_contfrag_run_missing", "decode_contfrag_raw_tetrodes_missing",
-    }  # fmt: skip
+    assert {s.name for s in repository.sensor_defs} >= {"new_nwb_files", "catalog_sync"}
+    # no schedule per configuration: new partitions are decoded by their automation condition
+    decoding = defs.get_assets_def(dg.AssetKey(["decoding", "contfrag_run"]))
+    assert decoding.automation_conditions_by_key[decoding.key].get_label() == "on_missing"
+    assert decoding.partitions_def.name == "decoding_contfrag_run"
 
 
 def test_decoding_step_is_a_gpu_step():
@@ -36,6 +37,7 @@ def test_decoding_step_is_a_gpu_step():
     assert {c.name for c in defs.get_assets_def(dg.AssetKey(["decoding", "contfrag_run"])).check_specs} == {
         "posterior_sums_to_one",
         "no_nan_inside_track",
+        "results_intact",
     }
 
 
@@ -70,13 +72,13 @@ def test_whole_graph_for_the_demo_session(demo_home):
 
     instance = dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"])
     key = dg.AssetKey(["decoding", "contfrag_run"])
-    materialized = instance.get_materialized_partitions(key)
-    assert len(materialized) == 5
+    assert instance.get_materialized_partitions(key) == {"demo.nwb"}  # one partition: the session
     record = instance.fetch_materializations(key, limit=1).records[0]
     metadata = record.asset_materialization.metadata
-    assert {"path", "size_bytes", "time_bins", "run_seconds", "device", "median_decoding_error_cm", "decode"} <= set(
-        metadata
-    )
+    assert {"intervals", "outputs", "n_decoded", "median_decoding_error_cm", "run_seconds", "decode"} <= set(metadata)
+    assert set(metadata["outputs"].value) == {o["merge_id"] for o in outputs}
+    assert metadata["n_decoded"].value == metadata["n_intervals"].value == 5
+    assert all(o["decoding_interval"] in metadata["intervals"].value for o in outputs)
     assert metadata["decode"].value.startswith("![decode](data:image/png;base64,")
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(key, "no_nan_inside_track")]
@@ -111,22 +113,6 @@ def test_the_demo_decodes_from_the_raw_recording(demo_home):
     assert table.count("| raw ") == 4 and table.count("| nwb ") == 4
 
 
-def test_missing_decodes_schedule(demo_home):
-    outputs, place = demo_home.outputs, demo_home.place
-    resource = CatalogResource(location=place.location, output_dir=str(place.output_dir))
-    schedule = defs.get_schedule_def("decode_contfrag_run_missing")
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, resources={"catalog": resource})
-        assert isinstance(schedule(context), dg.SkipReason)  # all decoded
-        demo_home.catalog().delete_output(outputs[0]["merge_id"])
-        requests = schedule(context)
-    assert len(requests) == 1
-    assert requests[0].partition_key.keys_by_dimension == {
-        "session": "demo.nwb",
-        "interval": outputs[0]["decoding_interval"],
-    }
-
-
 def test_sensor_registers_a_new_file(tmp_path, monkeypatch, new_catalog):
     incoming = tmp_path / "incoming"
     incoming.mkdir()
@@ -144,9 +130,13 @@ def test_sensor_registers_a_new_file(tmp_path, monkeypatch, new_catalog):
     with dg.DagsterInstance.ephemeral() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"catalog": resource})
         result = new_nwb_files(context)
-        assert [r.partition_key for r in result] == ["new_session.nwb"]
-        assert instance.get_dynamic_partitions("sessions") == ["new_session.nwb"]
-        assert "epoch0_block1_trial1" in instance.get_dynamic_partitions("decoding_intervals")
+        assert result.skip_message.startswith("Registered new_session.nwb")
+        # partitions come from catalog_sync, which follows the catalog
+        assert instance.get_dynamic_partitions("sessions") == []
+        synced = catalog_sync(dg.build_sensor_context(instance=instance, resources={"catalog": resource}))
+        assert [(r.partitions_def_name, list(r.partition_keys)) for r in synced.dynamic_partitions_requests] == [
+            ("sessions", ["new_session.nwb"])
+        ]
         # the broken file is reported, not registered (the cursor remembers it); a tick
         # without that memory reports it again, one with it has nothing new
         assert "broken.nwb" in context.cursor
@@ -165,10 +155,10 @@ def test_an_interval_outside_the_decoding_is_a_clear_failure(demo_home):
     import os
 
     instance = dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"])
-    instance.add_dynamic_partitions("decoding_intervals", ["01_s1"])
-    with pytest.raises(Exception, match="does not decode interval '01_s1'"):
+    request = {"ops": {"decoding__contfrag_run": {"config": {"intervals": ["01_s1"]}}}}
+    with pytest.raises(Exception, match="does not decode interval\\(s\\) '01_s1' of demo.nwb"):
         local.resolve_job_def("decode_contfrag_run").execute_in_process(
-            instance=instance, partition_key=dg.MultiPartitionKey({"session": "demo.nwb", "interval": "01_s1"})
+            instance=instance, partition_key="demo.nwb", run_config=request
         )
 
 
@@ -180,7 +170,7 @@ def test_dagster_keeps_its_runs_beside_the_catalog(demo_home, catalog_backend):
     from catalog.connection import is_postgres
 
     dagster_home = demo_home.home / "dagster"
-    n_runs = 2 + len(demo_home.outputs)  # the parameter sets, the session, one run per decode
+    n_runs = 2 + 2  # the parameter sets, the session, one run per decoding configuration
     assert is_postgres(demo_home.place.location) == (catalog_backend == "postgres")
     if catalog_backend == "postgres":
         assert "postgresql+psycopg2://" in (dagster_home / "dagster.yaml").read_text()
