@@ -64,7 +64,7 @@ class Database:
 
     def __init__(self, location: str | Path, lock_timeout_s: float = 300.0, retries: int = 20):
         self.postgres = is_postgres(location)
-        self.location = str(location) if self.postgres else str(Path(location).resolve())
+        self.location = str(location) if self.postgres else str(Path(location).expanduser().resolve())
         self.lock_timeout_s = lock_timeout_s
         self.retries = retries
         self._local = threading.local()

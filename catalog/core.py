@@ -144,6 +144,7 @@ class Catalog:
     insert_decoding_params = _forward("parameter_store", ParameterStore.insert_decoding_params)
     fetch_decoding_params = _forward("parameter_store", ParameterStore.fetch_decoding_params)
     decoding_params = _forward("parameter_store", ParameterStore.decoding_params)
+    parameter_set_names = _forward("parameter_store", ParameterStore.parameter_set_names)
     # waveform features
     waveform_features = _forward("feature_store", FeatureStore.waveform_features)
     create_features_group = _forward("feature_store", FeatureStore.create_features_group)

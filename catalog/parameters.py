@@ -49,6 +49,15 @@ class ParameterStore:
     def decoding_params(self) -> pd.DataFrame:
         return self.db.query("SELECT * FROM decoding_params ORDER BY decoding_param_name")
 
+    def parameter_set_names(self) -> dict[str, list[str]]:
+        """The names of every stored parameter set, by kind (``waveform_features_params``,
+        ``position_params``, ``decoding_params``), whoever stored them."""
+        with self.db.connect():
+            return {
+                table: [n for (n,) in self.db.rows(f"SELECT {key} FROM {table} ORDER BY 1")]
+                for table, key in _KINDS.items()
+            }
+
     def _insert(self, table: str, name: str, params: dict, replaceable: dict | None = None) -> None:
         """Store named parameters; the same again is a no-op, others under the name an
         error, unless what is stored equals ``replaceable`` (a placeholder)."""

@@ -485,10 +485,14 @@ def _delete_output(catalog, merge_id: str, force: bool) -> None:
     lists what is left (or goes, when nothing is), and automation leaves it alone."""
     import dagster as dg
 
+    from catalog import CatalogError
     from decoding_assets.defs.automation import plan_sync
     from decoding_assets.pipeline import load_config
 
-    nwb_file_name = catalog.fetch_selection(merge_id).nwb_file_name
+    try:
+        nwb_file_name = catalog.fetch_selection(merge_id).nwb_file_name
+    except CatalogError:
+        nwb_file_name = None  # delete_output says what is wrong with the id
     catalog.delete_output(merge_id, force=force)
     with dg.DagsterInstance.get() as instance:
         plan_sync(instance, catalog, load_config(), sessions=[nwb_file_name]).apply(instance)

@@ -2,10 +2,11 @@
 catalogs on either backend.
 
 ``pytest`` runs every test on DuckDB files, and the catalog suite (tests/catalog) on a
-PostgreSQL server as well; ``pytest --catalog-backend postgres`` runs the rest of the
-tests that use a catalog on PostgreSQL (the others are deselected), so the two runs
-together take every catalog test through both backends. The server is started by the
-tests (tests/postgres_server.py) and stopped at the end."""
+PostgreSQL server as well; ``pytest --catalog-backend postgres`` runs the Dagster graph
+end to end (tests marked ``pipeline_on_postgres``: the demo materialized, Dagster's runs
+beside the catalog, the catalog sync) on PostgreSQL, the others deselected. Everything
+the pipeline asks of the catalog goes through the catalog suite on both backends. The
+server is started by the tests (tests/postgres_server.py) and stopped at the end."""
 
 import itertools
 import os
@@ -45,14 +46,14 @@ def pytest_generate_tests(metafunc):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--catalog-backend") == "duckdb":
         return
-    keep = [i for i in items if "catalog_backend" in getattr(i, "fixturenames", ())
-            and i.get_closest_marker("both_backends") is None]  # fmt: skip
+    keep = [i for i in items if i.get_closest_marker("pipeline_on_postgres") is not None]
     config.hook.pytest_deselected(items=[i for i in items if i not in keep])
     items[:] = keep
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "both_backends: run on a DuckDB file and on PostgreSQL in a plain run")
+    config.addinivalue_line("markers", "pipeline_on_postgres: run again by `pytest --catalog-backend postgres`")
 
 
 @pytest.fixture(scope="session")

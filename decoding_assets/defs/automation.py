@@ -23,7 +23,7 @@ from catalog import Catalog
 from decoding_assets import pipeline, plan
 
 from .decoding import RESULTS_INTACT, decoding_asset_key, partition_metadata, results_intact
-from .parameters import parameter_sets
+from .parameters import parameter_sets, parameter_sets_metadata
 from .partitions import decoding_partitions, sessions_partitions
 from .resources import CatalogResource, watch_folder
 from .sessions import session_assets
@@ -164,6 +164,7 @@ def plan_sync(
         # e.g. a typo in "Add a partition": one key, removed at the next tick
         remove={sessions_partitions.name: sorted(known - set(all_sessions))},
     )
+    _follow_parameter_sets(instance, catalog, sync)
     for decoding in config["decodings"]:
         name, key = decoding_partitions(decoding.name).name, decoding_asset_key(decoding)
         present = set(instance.get_dynamic_partitions(name))
@@ -182,6 +183,19 @@ def plan_sync(
                 continue  # its run records it
             _follow_outputs(instance, catalog, decoding, key, session, wanted, sync)
     return sync
+
+
+def _follow_parameter_sets(instance: dg.DagsterInstance, catalog: Catalog, sync: "CatalogSync") -> None:
+    """Parameter sets stored from Python show in the UI. Only once the asset was
+    materialized: before that, its automation condition stores the configuration's."""
+    records = instance.fetch_materializations(parameter_sets.key, limit=1).records
+    if not records:
+        return
+    metadata = parameter_sets_metadata(catalog)
+    shown = {k: v.value for k, v in records[0].asset_materialization.metadata.items() if k in metadata}
+    if shown != metadata:
+        recorded = {**metadata, "recorded_by": "catalog_sync: parameter sets stored outside Dagster"}
+        sync.events.append(dg.AssetMaterialization(asset_key=parameter_sets.key, metadata=recorded))
 
 
 def _follow_outputs(instance, catalog, decoding, key, session, wanted, sync: CatalogSync) -> None:

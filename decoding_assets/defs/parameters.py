@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 
+from catalog import Catalog
 from decoding_assets import pipeline
 
 from .resources import CatalogResource
@@ -34,6 +35,13 @@ def _parameters_version() -> str:
     | dg.AutomationCondition.code_version_changed(),
 )
 def parameter_sets(catalog: CatalogResource) -> dg.MaterializeResult:
-    """Waveform features, position and decoding parameter sets of the configuration file, by name."""
-    stored = pipeline.ensure_parameter_sets(catalog.get(), pipeline.load_config())
-    return dg.MaterializeResult(metadata={k: ", ".join(v) or "none" for k, v in stored.items()})
+    """Stores the waveform features, position and decoding parameter sets of the
+    configuration file; lists every set the catalog holds, by kind (those stored from
+    Python too: ``catalog_sync`` records new ones)."""
+    cat = catalog.get()
+    pipeline.ensure_parameter_sets(cat, pipeline.load_config())
+    return dg.MaterializeResult(metadata=parameter_sets_metadata(cat))
+
+
+def parameter_sets_metadata(catalog: Catalog) -> dict[str, str]:
+    return {kind: ", ".join(names) or "none" for kind, names in catalog.parameter_set_names().items()}

@@ -14,6 +14,8 @@ from decoding_assets.nwb import write_demo_session
 from decoding_assets.pipeline import load_config
 from decoding_assets.position import GROUP_MAX_GAP_S, interpolate_by_time
 
+pytestmark = pytest.mark.pipeline_on_postgres
+
 
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)

@@ -10,6 +10,8 @@ from decoding_assets.definitions import build_definitions
 from decoding_assets.defs.automation import catalog_sync
 from decoding_assets.defs.resources import CatalogResource
 
+pytestmark = pytest.mark.pipeline_on_postgres
+
 RUN = dg.AssetKey(["decoding", "contfrag_run"])
 RAW = dg.AssetKey(["decoding", "contfrag_raw_tetrodes"])
 SESSION_ASSETS = (
@@ -167,3 +169,21 @@ def test_partitions_are_real_decodes_and_a_typo_is_one_key_that_goes_away(demo_c
             )
         _tick(instance, demo_copy)
         assert sorted(instance.get_dynamic_partitions("decoding_contfrag_run")) == ["demo.nwb", "no_raw.nwb"]
+
+
+def test_parameter_sets_stored_in_python_appear_in_the_instance(demo_copy):
+    from decoding_assets.models import store_decoding_params
+
+    catalog = Catalog(demo_copy.location, demo_copy.output_dir)
+    with dg.instance_for_test() as instance:
+        # nothing to follow before the asset was ever materialized: automation stores the configuration's first
+        _tick(instance, demo_copy)
+        assert instance.fetch_materializations(dg.AssetKey("parameter_sets"), limit=1).records == []
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("parameter_sets", metadata={"decoding_params": "contfrag_clusterless"})
+        )
+        store_decoding_params(catalog, "wide_place_fields", {"position_std": 12.0})
+        _tick(instance, demo_copy)
+        metadata = instance.fetch_materializations(dg.AssetKey("parameter_sets"), limit=1).records[0]
+        listed = metadata.asset_materialization.metadata["decoding_params"].value
+        assert listed == "contfrag_clusterless, wide_place_fields"
