@@ -22,9 +22,11 @@ all" succeeds and that the partition grid shows only real partitions:
    targeted, materialized and failed, its runs, and the seconds from launch to the end.
 4. The partition grid of every asset (GraphQL ``assetNodes``: what the UI draws).
 5. "Add a partition" with a typo (``addDynamicPartition`` of ``dmeo.nwb`` to
-   ``decoding_contfrag_run``): the keys it added over every partitions definition, a
-   backfill of that key and its error, any run automation launched for it, and how long
-   until ``catalog_sync`` removes it.
+   ``decoding_contfrag_run``): the keys it added over every partitions definition; a
+   backfill of that key alone, and "backfill all" of the asset while the key is listed
+   (each: its status, or the refusal at launch); materializing that one partition (one
+   run of the asset job, as the UI launches for a single partition) and its error; any
+   run automation launched for it; and how long until ``catalog_sync`` removes it.
 6. Everything started is stopped by process id (SIGTERM, then SIGKILL): the ``setsid``
    leader, and every process whose command line or environment names the home (the
    webserver, daemon, code server and run workers of ``dagster dev``).
@@ -107,6 +109,12 @@ query Grid($keys: [AssetKeyInput!]) {
       materializedPartitions failedPartitions unmaterializedPartitions materializingPartitions } }
   }
 }"""
+LAUNCH_RUN = """
+mutation Run($params: ExecutionParams!) {
+  launchRun(executionParams: $params) { __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } }
+}"""
+RUN_STATUS = """
+query Status($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } ... on Error { message } } }"""
 ADD_PARTITION = """
 mutation Add($repository: RepositorySelector!, $name: String!, $key: String!) {
   addDynamicPartition(repositorySelector: $repository, partitionsDefName: $name, partitionKey: $key) {
@@ -126,11 +134,15 @@ class GraphQL:
         request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
-                answer = json.load(response)
-        except urllib.error.HTTPError as error:  # the webserver answers a resolver's exception with a 500
-            raise RuntimeError(f"{self.url} answered {error.code}: {error.read().decode(errors='replace')[:3000]}") from None
-        if answer.get("errors"):
-            raise RuntimeError(f"{self.url} answered with errors: {json.dumps(answer['errors'])[:2000]}")
+                text = response.read().decode()
+        except urllib.error.HTTPError as error:  # an answer holding a PythonError comes with status 500
+            text = error.read().decode(errors="replace")
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = {}
+        if answer.get("errors") or "data" not in answer:
+            raise RuntimeError(f"{self.url} answered: {text[:3000]}")
         return answer["data"]
 
 
@@ -150,11 +162,16 @@ class Backfill:
 
 @dataclass
 class Typo:
-    added: str
-    added_keys: dict[str, list[str]]
-    backfill: Backfill | None
-    other_runs: dict[str, str]
-    removed_after_s: float | None
+    """What "Add a partition" with a typo leads to."""
+
+    answer: str  # what addDynamicPartition said
+    added_keys: dict[str, list[str]]  # per partitions definition, the keys it added
+    backfills: list[Backfill]  # of the key alone, and "backfill all" while it is listed
+    run_id: str | None  # materializing that one partition: one run, as the UI launches for a single partition
+    run: str
+    run_messages: list[str]
+    removed_after_s: float | None  # since the key was added
+    removed_after_run_s: float | None  # since its run ended (the sensor leaves a partition alone while it runs)
 
 
 def clean_environment() -> dict[str, str]:
@@ -235,20 +252,17 @@ def _loaded_repository(workspace: dict) -> dict | None:
     return None
 
 
-def launch_backfill(gql: GraphQL, params: dict) -> str:
-    result = gql(LAUNCH, params=params)["launchPartitionBackfill"]
-    if result["__typename"] != "LaunchBackfillSuccess":
-        refusal = f"{result['__typename']}: {result.get('message')}"
-        raise RuntimeError(f"launchPartitionBackfill({json.dumps(params)}) refused: {refusal}")
-    return result["backfillId"]
-
-
 def follow_backfill(
     gql: GraphQL, instance: dg.DagsterInstance, label: str, params: dict, deadline_s: float
 ) -> Backfill:
-    """Launch a backfill and poll it until it ends or the deadline passes."""
+    """Launch a backfill and poll it until it ends or the deadline passes. A backfill
+    refused at launch is a result too: its status says so, its error is the refusal."""
     started = time.monotonic()
-    backfill_id = launch_backfill(gql, params)
+    launched = gql(LAUNCH, params=params)["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        refusal = f"{launched['__typename']}: {' '.join(str(launched.get('message')).split())}"
+        return Backfill(label, "REFUSED at launch", [], [], {}, time.monotonic() - started, error=refusal)
+    backfill_id = launched["backfillId"]
     while True:
         state = gql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
         if state["__typename"] != "PartitionBackfill":
@@ -323,54 +337,75 @@ def grid(gql: GraphQL, keys: list[dg.AssetKey]) -> list[dict]:
 
 
 def add_typo(gql: GraphQL, instance: dg.DagsterInstance, repository: dict, names: list[str], deadline_s: float) -> Typo:
-    """'Add a partition' with a typo, a backfill of it, and how long until catalog_sync removes it."""
+    """"Add a partition" with a typo; a backfill of that key, "backfill all" while it is
+    listed, and materializing it alone; then how long until catalog_sync removes it."""
     before = dynamic_partitions(instance, names)
-    partitions_def = f"decoding_{ALL_DECODING}"
+    partitions_def, asset = f"decoding_{ALL_DECODING}", {"path": ["decoding", ALL_DECODING]}
     answer = gql(ADD_PARTITION, repository=repository, name=partitions_def, key=TYPO)["addDynamicPartition"]
     added_at = time.monotonic()
     after = dynamic_partitions(instance, names)
-    added = {name: sorted(set(after[name]) - set(before[name])) for name in names}
-    said = f"{answer['__typename']}" + (f": {answer['message']}" if "message" in answer else "")
-    backfill = None
-    if TYPO in after[partitions_def]:
-        params = {"assetSelection": [{"path": ["decoding", ALL_DECODING]}], "partitionNames": [TYPO]}
-        try:
-            backfill = follow_backfill(gql, instance, f"decoding/{ALL_DECODING} [{TYPO}]", params, deadline_s)
-        except RuntimeError as error:  # refused at launch (e.g. the key was removed already): that is a result too
-            backfill = Backfill(f"decoding/{ALL_DECODING} [{TYPO}]", f"refused: {error}", [TYPO], [], {}, 0.0)
-    removed_after = wait_until_removed(instance, partitions_def, added_at, deadline_s)
-    others = runs_for(instance, TYPO, exclude=set(backfill.runs) if backfill else set())
-    return Typo(said, added, backfill, others, removed_after)
+    attempts = {f"{TYPO} alone": {"partitionNames": [TYPO]}, f"all, {TYPO} among them": {"allPartitions": True}}
+    backfills = [
+        follow_backfill(gql, instance, label, {"assetSelection": [asset], **which}, deadline_s)
+        for label, which in attempts.items()
+    ]
+    run_id, run = launch_run(gql, repository, asset, TYPO)
+    status = wait_for_run(gql, run_id, deadline_s) if run_id else run
+    run_ended = time.monotonic()
+    removed_at = wait_until_removed(instance, partitions_def, added_at + deadline_s)
+    return Typo(
+        answer=answer["__typename"] + (f": {answer['message']}" if "message" in answer else ""),
+        added_keys={name: sorted(set(after[name]) - set(before[name])) for name in names},
+        backfills=backfills, run_id=run_id, run=status,
+        run_messages=failure_messages(instance, run_id) if run_id else [],
+        removed_after_s=None if removed_at is None else removed_at - added_at,
+        removed_after_run_s=None if removed_at is None else max(removed_at - run_ended, 0.0),
+    )  # fmt: skip
 
 
-def wait_until_removed(
-    instance: dg.DagsterInstance, partitions_def: str, since: float, deadline_s: float
-) -> float | None:
-    while time.monotonic() - since < deadline_s:
+def launch_run(gql: GraphQL, repository: dict, asset: dict, partition: str) -> tuple[str | None, str]:
+    """Materialize one partition of an asset as the UI does for a single partition: one
+    run of the implicit asset job. Returns its id (None if refused) and what was said."""
+    params = {
+        "selector": {**repository, "jobName": "__ASSET_JOB", "assetSelection": [asset]},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+    }
+    launched = gql(LAUNCH_RUN, params=params)["launchRun"]
+    if launched["__typename"] != "LaunchRunSuccess":
+        return None, f"REFUSED at launch: {launched['__typename']}: {launched.get('message')}"
+    return launched["run"]["runId"], "launched"
+
+
+def wait_for_run(gql: GraphQL, run_id: str, deadline_s: float) -> str:
+    until = time.monotonic() + deadline_s
+    while time.monotonic() < until:
+        status = gql(RUN_STATUS, id=run_id)["runOrError"].get("status")
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            return status
+        time.sleep(2)
+    return f"not finished after {deadline_s:.0f} s"
+
+
+def wait_until_removed(instance: dg.DagsterInstance, partitions_def: str, until: float) -> float | None:
+    """When (time.monotonic) the typo left the partitions definition, or None by ``until``."""
+    while time.monotonic() < until:
         if TYPO not in instance.get_dynamic_partitions(partitions_def):
-            return time.monotonic() - since
+            return time.monotonic()
         time.sleep(2)
     return None
 
 
-def runs_for(instance: dg.DagsterInstance, partition: str, exclude: set[str]) -> dict[str, str]:
-    """Runs of a partition other than ``exclude``, e.g. launched by automation: id -> 'status (origin)'."""
-    found = {}
-    for run in instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": partition})):
-        if run.run_id not in exclude:
-            origin = next((tag for tag in sorted(run.tags) if any(word in tag for word in ORIGINS)), "?")
-            found[run.run_id] = f"{run.status.value} ({origin})"
-    return found
+def other_runs(instance: dg.DagsterInstance, since: float, launched_here: set[str]) -> list[dg.DagsterRun]:
+    """Runs created after ``since`` (Unix time) that neither a backfill nor this script
+    launched: automation's, or a sensor's."""
+    records = instance.get_run_records(filters=dg.RunsFilter(created_after=_utc(since)))
+    runs = [record.dagster_run for record in records]
+    return [run for run in runs if "dagster/backfill" not in run.tags and run.run_id not in launched_here]
 
 
-def runs_launched_by_automation(instance: dg.DagsterInstance, since: float) -> list[str]:
-    """Runs created after ``since`` (Unix time) that no backfill launched."""
-    runs = instance.get_run_records(filters=dg.RunsFilter(created_after=_utc(since)))
-    return [
-        f"{r.dagster_run.job_name} {r.dagster_run.tags.get('dagster/partition', '')} {r.dagster_run.status.value}"
-        for r in runs
-        if "dagster/backfill" not in r.dagster_run.tags
-    ]
+def describe_run(run: dg.DagsterRun) -> str:
+    origin = next((tag for tag in sorted(run.tags) if any(word in tag for word in ORIGINS)), "origin not tagged")
+    return f"{run.job_name} [{run.tags.get('dagster/partition', '-')}] {run.status.value} ({origin})"
 
 
 def _utc(timestamp: float) -> dt.datetime:
@@ -397,18 +432,31 @@ def processes_of(home: Path, leader: int) -> list[int]:
 def stop(ui: subprocess.Popen, home: Path, grace_s: float = 5.0) -> dict[str, list[int]]:
     """SIGTERM to everything started, then SIGKILL to what is left; returns the pids of each."""
     termed = processes_of(home, ui.pid)
-    for pid in termed:
+    _signal(termed, signal.SIGTERM)
+    _wait_until_gone(ui, home, grace_s)
+    killed = _alive(processes_of(home, ui.pid))
+    _signal(killed, signal.SIGKILL)
+    _wait_until_gone(ui, home, grace_s)
+    return {"sigterm": termed, "sigkill": killed, "left": _alive(processes_of(home, ui.pid))}
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        ui.wait(timeout=grace_s)
-    killed = [pid for pid in processes_of(home, ui.pid) if not _is_zombie(pid)]
-    for pid in killed:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        ui.wait(timeout=grace_s)
-    return {"sigterm": termed, "sigkill": killed, "left": [p for p in processes_of(home, ui.pid) if not _is_zombie(p)]}
+            os.kill(pid, signum)
+
+
+def _wait_until_gone(ui: subprocess.Popen, home: Path, timeout_s: float) -> None:
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until:
+        ui.poll()  # reaps the leader, our child
+        if not _alive(processes_of(home, ui.pid)):
+            return
+        time.sleep(0.2)
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if not _is_zombie(pid)]
 
 
 def _is_zombie(pid: int) -> bool:
@@ -425,7 +473,7 @@ def markdown(header: list[str], rows: list[list]) -> str:
 
 def report(
     partitions: dict[str, list[str]], run_s: float, backfills: list[Backfill], cells: list[dict], typo: Typo | None,
-    automation: list[str], stopped: dict[str, list[int]],
+    unexplained: list[dg.DagsterRun], stopped: dict[str, list[int]],
 ) -> str:  # fmt: skip
     second_ok = "second.nwb" in partitions[f"decoding_{ALL_DECODING}"] and (
         "second.nwb" not in partitions[f"decoding_{RAW_ONLY_DECODING}"]
@@ -442,19 +490,18 @@ def report(
              for b in backfills],
         ),  # fmt: skip
         "The partition grid afterwards (GraphQL `assetNodes`: `partitionStats`, `assetPartitionStatuses`):",
-        markdown(
-            GRID_COLUMNS,
-            [[cell[column] for column in GRID_COLUMNS] for cell in cells],
-        ),
+        markdown(GRID_COLUMNS, [[cell[column] for column in GRID_COLUMNS] for cell in cells]),
     ]
     if typo is not None:
-        parts += [f'"Add a partition" with a typo (`{TYPO}` on decoding_{ALL_DECODING}):', typo_table(typo)]
-    parts.append(f"Runs not launched by a backfill while the UI ran: {'; '.join(automation) or 'none'}.")
-    for b in backfills + ([typo.backfill] if typo and typo.backfill else []):
+        parts.append(f'"Add a partition" with a typo (`{TYPO}` on decoding_{ALL_DECODING}):')
+        parts.append(typo_table(typo, unexplained))
+    said = "; ".join(describe_run(run) for run in unexplained) or "none"
+    parts.append(f"Runs launched by neither a backfill nor this script while the UI ran (automation, sensors): {said}.")
+    for b in backfills + (typo.backfills if typo else []):
         for run_id, messages in b.failures.items():
             parts.append(f"Failed run {run_id} ({b.label}):\n" + "\n".join(f"  - {m}" for m in messages))
         if b.error:
-            parts.append(f"Backfill {b.label} error: {b.error}")
+            parts.append(f"Backfill ({b.label}) error: {b.error}")
     parts.append(
         f"Stopped: SIGTERM to {stopped['sigterm']}, SIGKILL to {stopped['sigkill']}; "
         f"still there: {stopped['left'] or 'none'}."
@@ -462,19 +509,30 @@ def report(
     return "\n\n".join(parts)
 
 
-def typo_table(typo: Typo) -> str:
+def typo_table(typo: Typo, unexplained: list[dg.DagsterRun]) -> str:
     added = "; ".join(f"{name}: {', '.join(keys)}" for name, keys in typo.added_keys.items() if keys) or "none"
     n_added = sum(len(keys) for keys in typo.added_keys.values())
-    backfill, removed = typo.backfill, typo.removed_after_s
-    messages = [m for run in (backfill.failures.values() if backfill else []) for m in run]
-    rows = [
-        ["`addDynamicPartition`", f"{typo.added}; {n_added} key(s) added over every definition ({added})"],
-        ["backfill of it", f"{backfill.status}, runs {_run_counts(backfill.runs)}" if backfill else "not launched"],
-        ["its error", " / ".join(messages) or (backfill.error if backfill else "") or "-"],
-        ["other runs of it (automation)", "; ".join(typo.other_runs.values()) or "none"],
-        ["removed by catalog_sync", "NOT removed" if removed is None else f"after {removed:.0f} s"],
+    removed, after_run = typo.removed_after_s, typo.removed_after_run_s
+    rows = [["`addDynamicPartition`", f"{typo.answer}; {n_added} key(s) added over every definition ({added})"]]
+    rows += [
+        [f"backfill ({b.label})", f"{b.status}, runs: {_run_counts(b.runs)}; {_one_error(b)}"] for b in typo.backfills
     ]
+    rows += [
+        [f"materialize {TYPO} alone (one run)", f"{typo.run}: {' / '.join(typo.run_messages) or '-'}"],
+        ["other runs of it (automation)", "; ".join(describe_run(r) for r in unexplained if _of_typo(r)) or "none"],
+        ["removed by catalog_sync", "NOT removed" if removed is None else
+         f"{removed:.0f} s after it was added, {after_run:.0f} s after its run ended"],
+    ]  # fmt: skip
     return markdown(["step", "result"], rows)
+
+
+def _of_typo(run: dg.DagsterRun) -> bool:
+    return run.tags.get("dagster/partition") == TYPO
+
+
+def _one_error(backfill: Backfill) -> str:
+    messages = [message for run in backfill.failures.values() for message in run]
+    return " / ".join(messages) or backfill.error or "no error"
 
 
 def _run_counts(runs: dict[str, str]) -> str:
@@ -498,7 +556,7 @@ def measure(work: Path, port: int, deadline_s: float) -> str:
     ui = start_ui(home, port, logs / "ui.log")
     ui_started = time.time()
     stopped: dict[str, list[int]] = {"sigterm": [], "sigkill": [], "left": []}
-    backfills, cells, typo, automation = [], [], None, []
+    backfills, cells, typo, unexplained = [], [], None, []
     try:
         gql = GraphQL(port)
         repository = wait_until_ready(gql, ui, logs / "ui.log", deadline_s=300)
@@ -517,7 +575,7 @@ def measure(work: Path, port: int, deadline_s: float) -> str:
             cells = grid(gql, keys)
             print(f'"Add a partition" {TYPO} ...', flush=True)
             typo = add_typo(gql, instance, repository, names, deadline_s=240)
-            automation = runs_launched_by_automation(instance, ui_started)
+            unexplained = other_runs(instance, ui_started, launched_here={typo.run_id})
     finally:
         stopped = stop(ui, home)
     return report(partitions, run_s, backfills, cells, typo, automation, stopped)

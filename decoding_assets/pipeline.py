@@ -8,10 +8,12 @@ decode (one decoding selection, written to netCDF and registered with its lineag
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import time as clock
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -790,17 +792,22 @@ def _decode_into(catalog, inputs: DecodingInputs, model, pieces, is_training, pa
             label[_within(span, piece[np.newaxis])] = k
         results = results.assign_coords(interval_labels=("time", label)).isel(time=label >= 0)
         results.attrs.update(attrs, device=model.device_)
-        save_results(results, path)
+        with _room_for(results.nbytes, path, selection, merge_id):
+            save_results(results, path)
     else:
         # each piece decoded on its own, streamed into one file; a piece too short for a
         # single bin is skipped and the labels keep every other piece's index
         model.fit(position_time, position, inputs.spike_times, inputs.spike_waveform_features, is_training=is_training)
         labels = np.concatenate([np.full(p.size, k) for k, p in enumerate(pieces)])
-        model.predict_to_file(
-            path, inputs.spike_times, inputs.spike_waveform_features, np.concatenate(pieces),
-            interval_labels=labels, attrs=attrs,
-        )  # fmt: skip
-    model.save_model(model_path)
+        # causal and acausal posteriors over both states' bins, per time bin
+        bound = labels.size * 2 * 2 * model.n_bins_ * np.dtype(model._out_dtype).itemsize
+        with _room_for(bound, path, selection, merge_id):
+            model.predict_to_file(
+                path, inputs.spike_times, inputs.spike_waveform_features, np.concatenate(pieces),
+                interval_labels=labels, attrs=attrs,
+            )  # fmt: skip
+    with _room_for(0, model_path, selection, merge_id):
+        model.save_model(model_path)
     results = load_results(path)
     summary = summarize_results(results, inputs.position, inputs.position_variables, model)
     record = catalog.register_output(
@@ -821,6 +828,28 @@ def _decode_into(catalog, inputs: DecodingInputs, model, pieces, is_training, pa
         "position": inputs.position,
         "position_variables": inputs.position_variables,
     }
+
+
+@contextlib.contextmanager
+def _room_for(nbytes: int, path: Path, selection: DecodingSelection, merge_id: str):
+    """Write ``path`` only if the disk has room for about ``nbytes``, and turn a full disk
+    into an error naming the folder. Checking first matters: HDF5 left with a write
+    that failed for want of space can crash the process when it exits."""
+    where = f"Session {selection.nwb_file_name}, interval {selection.decoding_interval!r} (decode {merge_id})"
+    what = ("Free space there, or point --outputs / DECODING_ASSETS_OUTPUTS at a larger disk, then decode "
+            "again; `decoding-assets cleanup --yes` reclaims what the failed write left.")  # fmt: skip
+    free = shutil.disk_usage(path.parent).free
+    if nbytes and free < 1.1 * nbytes + 2**20:
+        raise CatalogError(
+            f"{where}: the outputs folder {path.parent} has {free / 2**20:.1f} MiB free and the results need about "
+            f"{nbytes / 2**20:.1f} MiB (No space left on device). {what}"
+        )
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENOSPC and "No space left on device" not in str(error):
+            raise
+        raise CatalogError(f"{where}: the outputs folder {path.parent} is full (No space left on device). {what}") from None
 
 
 def summarize_results(results, position: pd.DataFrame, position_variables: list[str], model, rows: int = 4096) -> dict:

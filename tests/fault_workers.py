@@ -3,6 +3,9 @@ asset and notebooks run them (``plan.decode_session``), in a process of its own.
 
     python -m tests.fault_workers CATALOG OUTPUTS CONFIG NWB_FILE_NAME JAX_CACHE [INTERVAL...]
 
+(from the repository's root, as a module: run as a script, tests/ would come first on
+the path and its catalog/ would hide the catalog package).
+
 Prints one JSON line (the intervals decoded with their results paths, and the failures)
 and exits 1 when an interval failed. On SIGUSR1 it writes every thread's stack to
 stderr, so a test can see where it waits before killing it."""
@@ -14,13 +17,13 @@ import json
 import signal
 import sys
 
+from catalog import Catalog
+from decoding_assets import pipeline, plan
+
 
 def main(argv: list[str]) -> int:
     location, output_dir, config_path, nwb_file_name, jax_cache, *intervals = argv
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    from catalog import Catalog
-    from decoding_assets import pipeline, plan
-
     pipeline.enable_compilation_cache(jax_cache)
     decoding = pipeline.load_config(config_path)["decodings"][0]
     done = plan.decode_session(Catalog(location, output_dir), nwb_file_name, decoding, intervals=intervals or None)

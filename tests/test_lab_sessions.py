@@ -22,6 +22,9 @@ from decoding_assets.waveforms import (
 )
 from tests.lab_files import LabEpoch, LabSessionSpec, write_lab_session
 
+# one worker builds this module's sessions (pytest -n 2 --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("lab")
+
 SLEEP_RUN = LabSessionSpec()  # 01_s1 sleep box (camera 0), 02_r1 open field (camera 1, another scale)
 ONE_LED = LabSessionSpec(
     epochs=(

@@ -7,6 +7,9 @@ import pytest
 
 from decoding_assets.decoder import ContFragClusterlessClassifier, Environment, load_results, save_results
 
+# one worker builds this module's sessions (pytest -n 2 --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("simulated")
+
 PARAMS = {"position_std": 6.0, "waveform_std": 24.0, "block_size": 10_000, "disable_progress_bar": True}
 
 

@@ -14,7 +14,7 @@ from decoding_assets.nwb import write_demo_session
 from decoding_assets.pipeline import load_config
 from decoding_assets.position import GROUP_MAX_GAP_S, interpolate_by_time
 
-pytestmark = pytest.mark.pipeline_on_postgres
+pytestmark = [pytest.mark.pipeline_on_postgres, pytest.mark.xdist_group("demo")]
 
 
 def test_definitions_load():
