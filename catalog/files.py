@@ -31,10 +31,10 @@ from .errors import CatalogError
 
 WRITING, REGISTERED, ORPHANED = "writing", "registered", "orphaned"
 # a file is written under a temporary name beside it (decoding_assets/files.py
-# atomic_write: tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp"), with mkstemp's 8
-# random characters), which is what the longest name in a folder is
-_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}\.tmp")
-_TEMPORARY_EXTRA = len(".") + len(".") + 8 + len(".tmp")
+# atomic_write: ".<stem>.", 8 random characters, then ".tmp", or ".tmp.nc" where a
+# library wants to see the format's extension), which is the longest name in a folder
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}\.tmp(\.[a-z0-9]{1,4})?")
+_TEMPORARY_EXTRA = len(".") + len(".") + 8 + len(".tmp") + len(".nwb")
 # a row nothing references: every table that points at files, checked in the statement
 # that deletes it
 _UNREFERENCED = (

@@ -4,7 +4,7 @@ catalogs on either backend.
 ``pytest`` runs every test on DuckDB files, and the catalog suite (tests/catalog) on a
 PostgreSQL server as well; ``pytest --catalog-backend postgres`` runs the Dagster graph
 end to end (tests marked ``pipeline_on_postgres``: the demo materialized, Dagster's runs
-beside the catalog, the catalog sync) on PostgreSQL, the others deselected. Everything
+beside the catalog) on PostgreSQL, the others deselected. Everything
 the pipeline asks of the catalog goes through the catalog suite on both backends. The
 server is started by the tests (tests/postgres_server.py) and stopped at the end."""
 

@@ -10,7 +10,8 @@ from decoding_assets.definitions import build_definitions
 from decoding_assets.defs.automation import catalog_sync
 from decoding_assets.defs.resources import CatalogResource
 
-pytestmark = [pytest.mark.pipeline_on_postgres, pytest.mark.xdist_group("demo")]
+# the demo session is built once, by the worker that runs tests/defs/test_graph.py too
+pytestmark = pytest.mark.xdist_group("demo")
 
 RUN = dg.AssetKey(["decoding", "contfrag_run"])
 RAW = dg.AssetKey(["decoding", "contfrag_raw_tetrodes"])
