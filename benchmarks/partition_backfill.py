@@ -158,6 +158,17 @@ class Backfill:
     seconds: float
     error: str = ""
     failures: dict[str, list[str]] = field(default_factory=dict)  # run id -> its error messages
+    decoded_now: dict[str, str] = field(default_factory=dict)  # decoding partition -> the intervals its run decoded
+
+
+@dataclass
+class TypoRun:
+    """The run of the typo's partition and the key's removal, watched together (seconds since the key was added)."""
+
+    status: str  # the run's last status
+    ended_s: float | None = None
+    removed_s: float | None = None
+    status_when_removed: str = ""
 
 
 @dataclass
@@ -168,10 +179,8 @@ class Typo:
     added_keys: dict[str, list[str]]  # per partitions definition, the keys it added
     backfills: list[Backfill]  # of the key alone, and "backfill all" while it is listed
     run_id: str | None  # materializing that one partition: one run, as the UI launches for a single partition
-    run: str
+    run: TypoRun
     run_messages: list[str]
-    removed_after_s: float | None  # since the key was added
-    removed_after_run_s: float | None  # since its run ended (the sensor leaves a partition alone while it runs)
 
 
 def clean_environment() -> dict[str, str]:
@@ -276,7 +285,19 @@ def follow_backfill(
         result.status += f" (still running at the {deadline_s:.0f} s deadline)"
     failed = [run for run, status in result.runs.items() if status == "FAILURE"]
     result.failures = {run: failure_messages(instance, run) for run in failed}
+    result.decoded_now = decoded_now(instance, list(result.runs))
     return result
+
+
+def decoded_now(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, str]:
+    """Per decoding partition the runs materialized, what they decoded (their ``decoded_now`` metadata)."""
+    found = {}
+    for run_id in run_ids:
+        for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
+            materialization = record.event_log_entry.asset_materialization
+            if "decoded_now" in materialization.metadata:
+                found[materialization.partition] = materialization.metadata["decoded_now"].value
+    return dict(sorted(found.items()))
 
 
 def describe_backfill(label: str, state: dict, seconds: float) -> Backfill:
@@ -349,17 +370,13 @@ def add_typo(gql: GraphQL, instance: dg.DagsterInstance, repository: dict, names
         follow_backfill(gql, instance, label, {"assetSelection": [asset], **which}, deadline_s)
         for label, which in attempts.items()
     ]
-    run_id, run = launch_run(gql, repository, asset, TYPO)
-    status = wait_for_run(gql, run_id, deadline_s) if run_id else run
-    run_ended = time.monotonic()
-    removed_at = wait_until_removed(instance, partitions_def, added_at + deadline_s)
+    run_id, said = launch_run(gql, repository, asset, TYPO)
     return Typo(
         answer=answer["__typename"] + (f": {answer['message']}" if "message" in answer else ""),
         added_keys={name: sorted(set(after[name]) - set(before[name])) for name in names},
-        backfills=backfills, run_id=run_id, run=status,
+        backfills=backfills, run_id=run_id,
+        run=watch_typo(gql, instance, partitions_def, run_id, added_at, deadline_s) if run_id else TypoRun(said),
         run_messages=failure_messages(instance, run_id) if run_id else [],
-        removed_after_s=None if removed_at is None else removed_at - added_at,
-        removed_after_run_s=None if removed_at is None else max(removed_at - run_ended, 0.0),
     )  # fmt: skip
 
 
@@ -376,23 +393,21 @@ def launch_run(gql: GraphQL, repository: dict, asset: dict, partition: str) -> t
     return launched["run"]["runId"], "launched"
 
 
-def wait_for_run(gql: GraphQL, run_id: str, deadline_s: float) -> str:
-    until = time.monotonic() + deadline_s
-    while time.monotonic() < until:
-        status = gql(RUN_STATUS, id=run_id)["runOrError"].get("status")
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            return status
-        time.sleep(2)
-    return f"not finished after {deadline_s:.0f} s"
-
-
-def wait_until_removed(instance: dg.DagsterInstance, partitions_def: str, until: float) -> float | None:
-    """When (time.monotonic) the typo left the partitions definition, or None by ``until``."""
-    while time.monotonic() < until:
-        if TYPO not in instance.get_dynamic_partitions(partitions_def):
-            return time.monotonic()
-        time.sleep(2)
-    return None
+def watch_typo(
+    gql: GraphQL, instance: dg.DagsterInstance, partitions_def: str, run_id: str, added_at: float, deadline_s: float
+) -> TypoRun:
+    """Poll the typo's run and its partitions definition together until the run has ended
+    and the key is gone, or the deadline passes."""
+    watched = TypoRun(status="not started")
+    while time.monotonic() - added_at < deadline_s and (watched.ended_s is None or watched.removed_s is None):
+        watched.status = gql(RUN_STATUS, id=run_id)["runOrError"].get("status", "unknown")
+        now = time.monotonic() - added_at
+        if watched.ended_s is None and watched.status in ("SUCCESS", "FAILURE", "CANCELED"):
+            watched.ended_s = now
+        if watched.removed_s is None and TYPO not in instance.get_dynamic_partitions(partitions_def):
+            watched.removed_s, watched.status_when_removed = now, watched.status
+        time.sleep(1)
+    return watched
 
 
 def other_runs(instance: dg.DagsterInstance, since: float, launched_here: set[str]) -> list[dg.DagsterRun]:
@@ -485,8 +500,9 @@ def report(
         markdown(["partitions definition", "keys"], [[name, ", ".join(keys)] for name, keys in partitions.items()]),
         '"Backfill all" through GraphQL (`launchPartitionBackfill`, `allPartitions: true`), one after another:',
         markdown(
-            ["backfill all of", "status", "partitions requested", "per asset", "runs", "seconds"],
-            [[b.label, b.status, ", ".join(b.partitions), "; ".join(b.per_asset), _run_counts(b.runs), round(b.seconds)]
+            ["backfill all of", "status", "partitions requested", "per asset", "runs", "decoded by its runs", "s"],
+            [[b.label, b.status, ", ".join(b.partitions), "; ".join(b.per_asset), _run_counts(b.runs),
+              "; ".join(f"{key}: {what}" for key, what in b.decoded_now.items()) or "-", round(b.seconds)]
              for b in backfills],
         ),  # fmt: skip
         "The partition grid afterwards (GraphQL `assetNodes`: `partitionStats`, `assetPartitionStatuses`):",
@@ -512,16 +528,17 @@ def report(
 def typo_table(typo: Typo, unexplained: list[dg.DagsterRun]) -> str:
     added = "; ".join(f"{name}: {', '.join(keys)}" for name, keys in typo.added_keys.items() if keys) or "none"
     n_added = sum(len(keys) for keys in typo.added_keys.values())
-    removed, after_run = typo.removed_after_s, typo.removed_after_run_s
+    run = typo.run
+    removed = "NOT removed" if run.removed_s is None else f"{run.removed_s:.0f} s after it was added"
+    ended = "not ended" if run.ended_s is None else f"ended at {run.ended_s:.0f} s"
     rows = [["`addDynamicPartition`", f"{typo.answer}; {n_added} key(s) added over every definition ({added})"]]
     rows += [
         [f"backfill ({b.label})", f"{b.status}, runs: {_run_counts(b.runs)}; {_one_error(b)}"] for b in typo.backfills
     ]
     rows += [
-        [f"materialize {TYPO} alone (one run)", f"{typo.run}: {' / '.join(typo.run_messages) or '-'}"],
+        [f"materialize {TYPO} alone (one run)", f"{run.status}: {' / '.join(typo.run_messages) or '-'}"],
         ["other runs of it (automation)", "; ".join(describe_run(r) for r in unexplained if _of_typo(r)) or "none"],
-        ["removed by catalog_sync", "NOT removed" if removed is None else
-         f"{removed:.0f} s after it was added, {after_run:.0f} s after its run ended"],
+        ["removed by catalog_sync", f"{removed}; its run was {run.status_when_removed or '-'} then ({ended})"],
     ]  # fmt: skip
     return markdown(["step", "result"], rows)
 
@@ -542,6 +559,20 @@ def _run_counts(runs: dict[str, str]) -> str:
     return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
 
 
+def backfill_all(gql: GraphQL, instance: dg.DagsterInstance, decodings: list[str], deadline_s: float) -> list[Backfill]:
+    """"Backfill all" of the session assets, then of each decoding asset, one after another."""
+    until = time.monotonic() + deadline_s
+    targets = [("session assets", [{"path": asset.key.path} for asset in session_assets])]
+    targets += [(f"decoding/{name}", [{"path": ["decoding", name]}]) for name in decodings]
+    backfills = []
+    for label, selection in targets:
+        print(f"Backfill all: {label} ...", flush=True)
+        params = {"assetSelection": selection, "allPartitions": True}
+        backfills.append(follow_backfill(gql, instance, label, params, max(until - time.monotonic(), 60)))
+        print(f"  {backfills[-1].status} in {backfills[-1].seconds:.0f} s", flush=True)
+    return backfills
+
+
 def measure(work: Path, port: int, deadline_s: float) -> str:
     home, logs = work / "home", work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -555,22 +586,13 @@ def measure(work: Path, port: int, deadline_s: float) -> str:
     print(f"Partitions: {partitions}", flush=True)
     ui = start_ui(home, port, logs / "ui.log")
     ui_started = time.time()
-    stopped: dict[str, list[int]] = {"sigterm": [], "sigkill": [], "left": []}
     backfills, cells, typo, unexplained = [], [], None, []
     try:
         gql = GraphQL(port)
         repository = wait_until_ready(gql, ui, logs / "ui.log", deadline_s=300)
         print(f"UI ready on {gql.url}; pids {processes_of(home, ui.pid)} ({repository})", flush=True)
         with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-            until = time.monotonic() + deadline_s
-            session_keys = [{"path": asset.key.path} for asset in session_assets]
-            targets = [("session assets", session_keys)]
-            targets += [(f"decoding/{n}", [{"path": ["decoding", n]}]) for n in decodings]
-            for label, selection in targets:
-                print(f"Backfill all: {label} ...", flush=True)
-                params = {"assetSelection": selection, "allPartitions": True}
-                backfills.append(follow_backfill(gql, instance, label, params, max(until - time.monotonic(), 60)))
-                print(f"  {backfills[-1].status} in {backfills[-1].seconds:.0f} s", flush=True)
+            backfills = backfill_all(gql, instance, decodings, deadline_s)
             keys = [asset.key for asset in session_assets] + [dg.AssetKey(["decoding", n]) for n in decodings]
             cells = grid(gql, keys)
             print(f'"Add a partition" {TYPO} ...', flush=True)
@@ -578,7 +600,7 @@ def measure(work: Path, port: int, deadline_s: float) -> str:
             unexplained = other_runs(instance, ui_started, launched_here={typo.run_id})
     finally:
         stopped = stop(ui, home)
-    return report(partitions, run_s, backfills, cells, typo, automation, stopped)
+    return report(partitions, run_s, backfills, cells, typo, unexplained, stopped)
 
 
 def main() -> int:
@@ -587,13 +609,14 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=3300, help="the first port tried for the UI (default 3300)")
     parser.add_argument("--deadline-s", type=float, default=900.0, help="for all the backfills together (default 900)")
     args = parser.parse_args()
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep} is not empty: the benchmark needs a new home; name a new folder")
     port = free_port(args.port)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
-        print(measure(args.keep.resolve(), port, args.deadline_s))
-        return 0
-    with tempfile.TemporaryDirectory(prefix="partition_backfill_") as work:
-        print(measure(Path(work), port, args.deadline_s))
+    folder = contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="backfill_")
+    with folder as work:
+        print(measure(Path(work).resolve(), port, args.deadline_s))
     return 0
 
 
