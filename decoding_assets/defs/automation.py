@@ -229,10 +229,15 @@ def _latest_observation(instance: dg.DagsterInstance, where: dg.AssetRecordsFilt
 
 
 def _partitions_in_progress(instance: dg.DagsterInstance, decoding) -> set[str]:
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(job_name=decoding_job_name(decoding), statuses=list(IN_PROGRESS_RUN_STATUSES))
-    )
-    return {run.tags.get("dagster/partition") for run in runs}
+    """Partitions of a decoding with a run in progress: the CLI's ``decode_<name>`` runs,
+    and the UI's and backfills' runs that select the asset."""
+    key = decoding_asset_key(decoding)
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES)))
+    return {
+        run.tags.get("dagster/partition")
+        for run in runs
+        if run.job_name == decoding_job_name(decoding) or key in (run.asset_selection or ())
+    }
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
