@@ -22,8 +22,12 @@ from .sessions import position_groups, waveform_features_groups
 
 GPU_POOL = "gpu"
 RESULTS_INTACT = "results_intact"
+# where a decode step runs on a cluster: the Celery executor's gpu queue (workers on GPU
+# nodes listen to it), and the step pod's GPU request under the Kubernetes job executor
+GPU_QUEUE = "gpu"
 GPU_OP_TAGS = {
     "gpu": "true",
+    "dagster-celery/queue": GPU_QUEUE,
     "dagster-k8s/config": {
         "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}
     },
