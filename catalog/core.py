@@ -9,6 +9,7 @@ from typing import Callable
 
 import duckdb
 
+from . import storage
 from .connection import Database, is_postgres
 from .decodes import DecodeStore
 from .errors import CatalogError, current_user
@@ -40,9 +41,11 @@ class Catalog:
     location : a DuckDB file (created with its folder if missing), for one person's
         machine; or ``postgresql://user@host[:port]/dbname``, a lab's shared server
         (the database must exist; the tables are created on first use).
-    output_dir : where decoding, position and features outputs are written; default
-        ``<folder of the file>/outputs`` for a file. A PostgreSQL catalog has no
-        default: give a folder every worker reaches (only needed to write outputs).
+    output_dir : where decoding, position and features outputs are written: a folder,
+        or a URL fsspec reaches (``s3://bucket/prefix``; files are written locally in
+        ``$DECODING_ASSETS_SCRATCH``, then uploaded); default ``<folder of the
+        file>/outputs`` for a file. A PostgreSQL catalog has no default: give a folder
+        or URL every worker reaches (only needed to write outputs).
     user : recorded with every write (default ``user@host`` of this process).
     lock_timeout_s : (DuckDB file) how long a call waits for another process's lock.
     """
@@ -58,7 +61,7 @@ class Catalog:
         self.db = Database(location, lock_timeout_s=lock_timeout_s)
         self.location = self.db.location
         if output_dir is not None:
-            self.output_dir = Path(output_dir).resolve()
+            self.output_dir = storage.resolve(output_dir)
         else:
             self.output_dir = None if is_postgres(location) else Path(self.location).parent / "outputs"
         self.user = user or current_user()

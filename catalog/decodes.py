@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import storage
 from .connection import Database
 from .errors import CatalogError
 from .files import FileStore
@@ -201,7 +202,7 @@ class DecodeStore:
         deletion of the selection is undone. ``input_versions``: {kind: {key: version}}.
         A CatalogError if a file's write intent is gone (``cleanup`` took its writer for
         dead): run the decode again."""
-        path, model_path = Path(path).resolve(), Path(model_path).resolve()
+        path, model_path = storage.resolve(path), storage.resolve(model_path)
         owner = f"decoding output {merge_id}"
         results, model = file_identity(path, owner), file_identity(model_path, owner)
         row = {

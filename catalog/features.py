@@ -9,6 +9,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from . import storage
 from .connection import Database
 from .errors import CatalogError, check_name
 from .files import FileStore
@@ -131,7 +132,7 @@ class FeatureStore:
             group = row["electrode_group_name"]
             if group not in known:
                 raise CatalogError(f"Session {nwb_file_name} has no electrode group {group!r}.")
-            path = Path(row["path"]).resolve()
+            path = storage.resolve(row["path"])
             owner = f"the waveform features of session {nwb_file_name}, electrode group {group} ({features_param_name})"
             prepared.append((row, group, path, file_identity(path, owner)))
 

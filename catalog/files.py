@@ -11,6 +11,11 @@ writer and ``cleanup``: cleanup deletes a row only with a WHERE that re-checks i
 registration whose row is gone fails. On PostgreSQL the DELETE re-evaluates its WHERE
 on a row another transaction just updated; on a DuckDB file writers take turns
 (``Database.write``), so each sees the other's committed state.
+
+Outputs may be in an object store (``output_dir`` a URL, see storage.py): the intent is
+the object's URL, recorded before its local copy is written, so an upload killed midway
+leaves nothing registered and cleanup deletes the object (if any) and the local copy and
+temporaries in the scratch folder.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+from urllib.parse import urlsplit
 
+from . import storage
 from .connection import Database
 from .errors import CatalogError
 
@@ -50,9 +57,9 @@ class CleanupReport:
     ``spared`` and why, and ``errors`` (a file it could not delete, and why)."""
 
     dry_run: bool
-    deleted: tuple[Path, ...] = ()
-    spared: tuple[tuple[Path, str], ...] = ()
-    errors: tuple[tuple[Path, str], ...] = ()
+    deleted: tuple[Path | str, ...] = ()
+    spared: tuple[tuple[Path | str, str], ...] = ()
+    errors: tuple[tuple[Path | str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,11 +74,12 @@ class _Candidate:
 
 
 class FileStore:
-    """Output files under ``output_dir``: the paths handed out, their writers' intents,
-    and cleanup. Only paths recorded in ``written_files`` are ever deleted, so other
-    tools' files in the same folders are never touched."""
+    """Output files under ``output_dir`` (a folder, or a URL: storage.py): the paths
+    handed out, their writers' intents, and cleanup. Only paths recorded in
+    ``written_files`` are ever deleted, so other tools' files in the same folders are
+    never touched."""
 
-    def __init__(self, db: Database, user: str, output_dir: Path | None):
+    def __init__(self, db: Database, user: str, output_dir: Path | str | None):
         self.db, self.user, self.output_dir = db, user, output_dir
 
     # ------------------------------------------------------------------ handing out paths
@@ -79,44 +87,52 @@ class FileStore:
     def new_paths(
         self, kind: str, nwb_file_name: str, stem: str, suffixes: Sequence[str], names: dict[str, str],
         run_id: str | None = None,
-    ) -> list[Path]:  # fmt: skip
+    ) -> list[Path | str]:  # fmt: skip
         """``<output_dir>/<kind>/<nwb_file_name>/<stem>.<run><suffix>`` for each suffix (one
         run: one new name, so a registered file is never overwritten), recorded as being
-        written by this process. ``names``: the names ``stem`` is made of, by kind
-        (``{"interval_list_name": ...}``), to name the one at fault when a file name
-        would be too long; that is refused before anything is recorded or written."""
+        written by this process: Paths, or URLs (text) where ``output_dir`` is one.
+        ``names``: the names ``stem`` is made of, by kind (``{"interval_list_name":
+        ...}``), to name the one at fault when a file name would be too long; that is
+        refused before anything is recorded or written."""
         if self.output_dir is None:
             raise CatalogError(
                 f"This catalog ({self.db.location}) has no output folder: open it with output_dir= a folder every "
                 "worker can reach (the --outputs option, or DECODING_ASSETS_OUTPUTS)."
             )
-        folder = self.output_dir / kind / nwb_file_name
+        folder = storage.join(self.output_dir, kind, nwb_file_name)
         run = uuid.uuid4().hex[:12]
-        paths = [folder / f"{stem}.{run}{suffix}" for suffix in suffixes]
-        _check_lengths(paths, {"nwb_file_name": nwb_file_name, **names})
-        folder.mkdir(parents=True, exist_ok=True)
+        paths = [storage.join(folder, f"{stem}.{run}{suffix}") for suffix in suffixes]
+        names = {"nwb_file_name": nwb_file_name, **names}
+        # a URL's file is written locally first: its copy's name must fit there too
+        _check_lengths([storage.local_form(p) for p in paths], names)
+        if storage.is_url(folder):
+            _check_keys(paths, names)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
         self._record(paths, kind, run_id)
         return paths
 
-    def _record(self, paths: Sequence[Path], kind: str, run_id: str | None) -> None:
+    def _record(self, paths: Sequence[Path | str], kind: str, run_id: str | None) -> None:
         host, pid, started = _this_process()
         self.db.write(lambda con: con.execute(
             "INSERT INTO written_files (path, kind, written_at, created_by, state, host, pid, process_start, run_id, "
             "heartbeat_at) VALUES "
             + ", ".join(["(?, ?, current_timestamp, ?, ?, ?, ?, ?, ?, current_timestamp)"] * len(paths)),
-            [v for p in paths for v in (str(Path(p).resolve()), kind, self.user, WRITING, host, pid, started, run_id)],
+            [v for p in paths for v in (storage.key(p), kind, self.user, WRITING, host, pid, started, run_id)],
         ))  # fmt: skip
 
     # ------------------------------------------------------------------ writers
 
     @contextlib.contextmanager
-    def writing(self, paths: Sequence[Path], run_id: str | None = None, every_s: float = 60.0) -> Iterator[list[Path]]:
+    def writing(
+        self, paths: Sequence[Path | str], run_id: str | None = None, every_s: float = 60.0
+    ) -> Iterator[list[Path | str]]:
         """While the body writes ``paths`` (handed out by this catalog), their intents say
         this process writes them and a daemon thread renews their heartbeat every
         ``every_s`` seconds, so ``cleanup`` on another host never takes the writer for
         dead. A body that fails gives the paths up (orphaned: cleanup removes what it
         left). Register the files inside the body."""
-        paths = [Path(p).resolve() for p in paths]
+        paths = [storage.resolve(p) for p in paths]
         self._claim(paths, run_id)
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(paths, stop, every_s), name="catalog-heartbeat", daemon=True)
@@ -130,16 +146,16 @@ class FileStore:
             stop.set()
             beat.join()
 
-    def heartbeat(self, paths: Sequence[Path]) -> None:
+    def heartbeat(self, paths: Sequence[Path | str]) -> None:
         """Say that the writer of ``paths`` is alive; a CatalogError if an intent is gone."""
-        paths = [str(Path(p).resolve()) for p in paths]
+        paths = [storage.key(p) for p in paths]
         found = self.db.write(lambda con: con.execute(
             f"UPDATE written_files SET heartbeat_at = current_timestamp WHERE path IN ({_marks(paths)}) RETURNING path",
             paths,
         ).fetchall())  # fmt: skip
         _require(paths, found, "renew the heartbeat of")
 
-    def _beat(self, paths: list[Path], stop: threading.Event, every_s: float) -> None:
+    def _beat(self, paths: list[Path | str], stop: threading.Event, every_s: float) -> None:
         try:
             while not stop.wait(every_s):
                 try:
@@ -151,7 +167,7 @@ class FileStore:
         finally:
             self.db.close_thread()
 
-    def _claim(self, paths: list[Path], run_id: str | None) -> None:
+    def _claim(self, paths: list[Path | str], run_id: str | None) -> None:
         host, pid, started = _this_process()
         keys = [str(p) for p in paths]
         found = self.db.write(lambda con: con.execute(
@@ -161,7 +177,7 @@ class FileStore:
         ).fetchall())  # fmt: skip
         _require(keys, found, "write")
 
-    def _give_up(self, paths: list[Path]) -> None:
+    def _give_up(self, paths: list[Path | str]) -> None:
         host, pid, _ = _this_process()
         keys = [str(p) for p in paths]
         # the body's own error is what the caller must see; should this fail too, the
@@ -209,10 +225,11 @@ class FileStore:
             if reason is None:
                 reclaim.append(c)
             else:
-                spared.append((Path(c.path), reason))
+                spared.append((storage.as_location(c.path), reason))
         temporaries = _Temporaries()
         if dry_run:
-            files = [f for c in reclaim for f in (Path(c.path), *temporaries.of(Path(c.path)))]
+            located = [storage.as_location(c.path) for c in reclaim]
+            files = [f for path in located for f in (path, *temporaries.of(path))]
             deleted, errors = _existing(files)
             return CleanupReport(True, deleted, tuple(spared), errors)
         deleted, errors, failed = _delete(self._forget(reclaim, min_age_s, stale_after_s), temporaries)
@@ -230,7 +247,9 @@ class FileStore:
         )
         return [_Candidate(*row) for row in rows]
 
-    def _forget(self, reclaim: list[_Candidate], min_age_s: float, stale_after_s: float) -> list[tuple[Path, str]]:
+    def _forget(
+        self, reclaim: list[_Candidate], min_age_s: float, stale_after_s: float
+    ) -> list[tuple[Path | str, str]]:
         """Delete the rows of ``reclaim`` whose state is still what made them
         reclaimable, in one transaction; the paths (and kinds) whose rows went."""
         here = socket.gethostname()
@@ -254,11 +273,11 @@ class FileStore:
                     "RETURNING w.path, w.kind",
                     [c.path, *params, float(min_age_s)],
                 ).fetchall()
-            return [(Path(p), kind) for p, kind in gone]
+            return [(storage.as_location(p), kind) for p, kind in gone]
 
         return self.db.write(write) if reclaim else []
 
-    def _requeue(self, files: list[tuple[Path, str]]) -> None:
+    def _requeue(self, files: list[tuple[Path | str, str]]) -> None:
         """Files that could not be deleted stay recorded as orphans, for the next cleanup."""
         if files:
             self.db.write(lambda con: con.execute(
@@ -283,29 +302,32 @@ def _spare_reason(c: _Candidate, stale_after_s: float) -> str | None:
 
 class _Temporaries:
     """The temporaries atomic_write left in each folder, by the stem of the file they
-    were to become (each folder listed once)."""
+    were to become (each folder listed once). For an object, those left in the scratch
+    folder on this machine, and the local copy a killed upload left."""
 
     def __init__(self):
         self.folders: dict[Path, dict[str, list[Path]]] = {}
 
-    def of(self, path: Path) -> list[Path]:
-        if path.parent not in self.folders:
+    def of(self, path: Path | str) -> list[Path]:
+        local = storage.local_form(path)
+        if local.parent not in self.folders:
             found: dict[str, list[Path]] = {}
             with contextlib.suppress(OSError):  # no folder: no temporaries
-                for entry in os.scandir(path.parent):
+                for entry in os.scandir(local.parent):
                     match = _TEMPORARY.fullmatch(entry.name)
                     if match:
                         found.setdefault(match["stem"], []).append(Path(entry.path))
-            self.folders[path.parent] = found
-        return sorted(self.folders[path.parent].get(path.stem, []))
+            self.folders[local.parent] = found
+        temporaries = sorted(self.folders[local.parent].get(local.stem, []))
+        return temporaries + [local] if storage.is_url(path) else temporaries
 
 
-def _existing(files: list[Path]) -> tuple[tuple[Path, ...], tuple[tuple[Path, str], ...]]:
+def _existing(files: list[Path | str]) -> tuple[tuple[Path | str, ...], tuple[tuple[Path | str, str], ...]]:
     """The files that exist, and those that cannot be looked at (and why)."""
     found, errors = [], []
     for file in files:
         try:
-            os.stat(file)
+            storage.stat(file)
             found.append(file)
         except FileNotFoundError:
             pass
@@ -315,15 +337,15 @@ def _existing(files: list[Path]) -> tuple[tuple[Path, ...], tuple[tuple[Path, st
 
 
 def _delete(
-    reclaimed: list[tuple[Path, str]], temporaries: _Temporaries
-) -> tuple[tuple[Path, ...], tuple[tuple[Path, str], ...], list[tuple[Path, str]]]:
+    reclaimed: list[tuple[Path | str, str]], temporaries: _Temporaries
+) -> tuple[tuple[Path | str, ...], tuple[tuple[Path | str, str], ...], list[tuple[Path | str, str]]]:
     """Unlink each reclaimed file and its temporaries: the files deleted, the errors, and
     the reclaimed (path, kind) whose file is still there to try again."""
     deleted, errors, failed = [], [], []
     for path, kind in reclaimed:
         for file in (path, *temporaries.of(path)):
             try:
-                os.unlink(file)
+                storage.delete(file)
                 deleted.append(file)
             except FileNotFoundError:
                 pass
@@ -363,6 +385,17 @@ def _check_lengths(paths: Sequence[Path], names: dict[str, str]) -> None:
                 f"{_naming(names)} make the path {str(path)!r} {length} bytes long (with the temporary name a file is "
                 f"written under): over the limit of {path_max} bytes per path on this file system. Use shorter names, "
                 "or an output folder nearer the root."
+            )
+
+
+def _check_keys(urls: Sequence[str], names: dict[str, str]) -> None:
+    """Refuse a URL whose key is over an object store's limit, naming the names it is made of."""
+    for url in urls:
+        length = len(os.fsencode(urlsplit(url).path.lstrip("/")))
+        if length > storage.KEY_MAX:
+            raise CatalogError(
+                f"{_naming(names)} make the object key {url!r} {length} bytes long: over the limit of "
+                f"{storage.KEY_MAX} bytes per key in an object store. Use shorter names, or a shorter outputs URL."
             )
 
 

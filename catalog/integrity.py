@@ -6,20 +6,21 @@ read.
 The size and mtime are the fast path: both equal, the file is trusted; either differs,
 the file is hashed. Only the content counts: a file whose mtime alone changed (a
 ``touch``, a copy) gets its new mtime recorded and is trusted again. ``full=True``
-always hashes.
+always hashes. An object in a store (an output URL) is checked the same way, its
+version token (storage.py) standing for the mtime, and hashed as it streams.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Sequence
 
 import pandas as pd
 
+from . import storage
 from .connection import Database
-from .errors import CatalogError, file_checksum
+from .errors import CatalogError
 
 if TYPE_CHECKING:  # decodes.py builds on this module
     from .decodes import DecodeSources
@@ -53,10 +54,10 @@ class FileIdentity:
 
 
 def file_identity(path: str | Path, owner: str) -> FileIdentity:
-    """A file's identity, to register it; ``owner`` names what it belongs to."""
+    """A file's (or object's) identity, to register it; ``owner`` names what it belongs to."""
     try:
-        stat = os.stat(path)
-        return FileIdentity(stat.st_size, stat.st_mtime_ns, file_checksum(path))
+        stat = storage.stat(path)
+        return FileIdentity(stat.size, stat.version, storage.checksum(path))
     except FileNotFoundError:
         raise CatalogError(
             f"Cannot register {owner}: there is no file at {path} (was it written? `cleanup` removes files whose "
@@ -129,21 +130,21 @@ def check_file(record: FileRecord, full: bool = False) -> FileCheck:
     """Compare a file with its record: size and mtime equal -> trusted (unless ``full``);
     otherwise the content decides."""
     try:
-        stat = os.stat(record.path)
+        stat = storage.stat(record.path)
     except FileNotFoundError:
         return _bad(record, MISSING, "missing")
-    if record.size_bytes is not None and stat.st_size != record.size_bytes:
-        status = TRUNCATED if stat.st_size < record.size_bytes else CHANGED
-        return _bad(record, status, f"{status}: {stat.st_size} bytes, registered with {record.size_bytes}")
-    same = (record.size_bytes, record.modified_ns) == (stat.st_size, stat.st_mtime_ns)
+    if record.size_bytes is not None and stat.size != record.size_bytes:
+        status = TRUNCATED if stat.size < record.size_bytes else CHANGED
+        return _bad(record, status, f"{status}: {stat.size} bytes, registered with {record.size_bytes}")
+    same = (record.size_bytes, record.modified_ns) == (stat.size, stat.version)
     if same and record.checksum is not None and not full:
         return FileCheck(record, OK, None)
-    checksum = file_checksum(record.path)
+    checksum = storage.checksum(record.path)
     if record.checksum is not None and checksum != record.checksum:
         if record.size_bytes is None:
             return _bad(record, CHANGED, "changed: its content is not the registered one")
         return _bad(record, CORRUPTED, "corrupted: the registered size, but other content")
-    identity = FileIdentity(stat.st_size, stat.st_mtime_ns, checksum)
+    identity = FileIdentity(stat.size, stat.version, checksum)
     return FileCheck(record, OK, None, None if same and record.checksum is not None else identity)
 
 

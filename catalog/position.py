@@ -7,6 +7,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from . import storage
 from .connection import Database
 from .errors import CatalogError, check_name
 from .files import FileStore
@@ -36,7 +37,7 @@ class PositionStore:
     ) -> None:
         """Record processed position (replacing the interval's earlier file, which is
         orphaned) and register its file, in one transaction."""
-        path = Path(path).resolve()
+        path = storage.resolve(path)
         owner = f"the position of session {nwb_file_name}, interval {interval_list_name} ({trodes_pos_params_name})"
         identity = file_identity(path, owner)
         key = [nwb_file_name, interval_list_name, trodes_pos_params_name]

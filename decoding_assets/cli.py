@@ -13,7 +13,7 @@ Everything lives under ``--home`` (default ``$DECODING_ASSETS_HOME``, else
 outputs, the watched folder ``incoming/`` and the Dagster instance ``dagster/``.
 ``--catalog`` (or ``$DECODING_ASSETS_CATALOG``) names another catalog, e.g. the lab's
 ``postgresql://user@host/dbname``; with it, ``--outputs`` (or ``$DECODING_ASSETS_OUTPUTS``)
-names a folder every worker reaches, and Dagster keeps its runs in the database
+names a folder or an object store URL (``s3://bucket/prefix``) every worker reaches, and Dagster keeps its runs in the database
 ``<dbname>_dagster`` on the same server. ``--decode-slots`` (or
 ``$DECODING_ASSETS_DECODE_SLOTS``) is how many decodes may run at once. These options go
 before or after the command.
@@ -162,10 +162,15 @@ def _register(catalog, instance, path: Path, config: dict) -> tuple[str, list[st
 
 def _materialize(defs, instance, catalog, config: dict, nwb_file_names: list[str], say, decode_only: bool = False) -> list[str]:
     """Store the parameter sets, process each session and decode what each decoding
-    configuration still has to decode in it, through Dagster (so the UI shows every
-    run). ``decode_only``: the sessions are processed already. Returns what failed, one
-    line each; a failure does not stop the other sessions."""
+    configuration still has to decode in them, through Dagster (so the UI shows every
+    run). Sessions are decoded several to a run, as a backfill does (one start-up and
+    one JAX initialization for all of them). ``decode_only``: the sessions are
+    processed already. Returns what failed, one line each; a failure does not stop the
+    other sessions."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
     from decoding_assets.defs.automation import decoding_job_name, plan_sync
+    from decoding_assets.defs.decoding import partitions_per_run
     from decoding_assets.defs.partitions import decoding_partitions
     from decoding_assets.defs.runs import release_dead_runs
     from decoding_assets.plan import nothing_to_decode
@@ -173,14 +178,20 @@ def _materialize(defs, instance, catalog, config: dict, nwb_file_names: list[str
     for run_id in release_dead_runs(instance):
         say(f"Run {run_id} had lost its process: marked failed, and its decode slot freed.")
 
-    def run(job_name: str, partition_key=None) -> str | None:
+    def run(job_name: str, partition_key=None, sessions: list[str] | None = None) -> str | None:
+        tags = None
+        if sessions is not None and len(sessions) > 1:
+            tags = {ASSET_PARTITION_RANGE_START_TAG: sessions[0], ASSET_PARTITION_RANGE_END_TAG: sessions[-1]}
+        elif sessions is not None:
+            partition_key = sessions[0]
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance,
             partition_key=partition_key,
+            tags=tags,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
-        label = f"{job_name} {partition_key or ''}".strip()
+        label = f"{job_name} {partition_key or ', '.join(sessions or [])}".strip()
         if result.success:
             say(f"  {label}: ok")
             return None
@@ -195,6 +206,7 @@ def _materialize(defs, instance, catalog, config: dict, nwb_file_names: list[str
         if (failure := run("store_parameter_sets")) is not None:
             return [failure]
     cat = catalog.get()
+    processed = []
     for nwb_file_name in nwb_file_names:
         if not decode_only:
             say(f"Processing {nwb_file_name} ...")
@@ -202,14 +214,32 @@ def _materialize(defs, instance, catalog, config: dict, nwb_file_names: list[str
                 failures.append(failure)
                 continue
         plan_sync(instance, cat, config, sessions=[nwb_file_name]).apply(instance)  # its decoding partitions
-        say(f"Decoding {nwb_file_name} ...")
-        for decoding in config["decodings"]:
-            if nwb_file_name not in instance.get_dynamic_partitions(decoding_partitions(decoding.name).name):
-                say(f"  {decoding_job_name(decoding)}: skipped: {nothing_to_decode(cat, nwb_file_name, decoding)}")
-                continue
-            if (failure := run(decoding_job_name(decoding), nwb_file_name)) is not None:
+        processed.append(nwb_file_name)
+    for decoding in config["decodings"]:
+        order = instance.get_dynamic_partitions(decoding_partitions(decoding.name).name)
+        for nwb_file_name in sorted(set(processed) - set(order)):
+            say(f"  {decoding_job_name(decoding)} {nwb_file_name}: skipped: {nothing_to_decode(cat, nwb_file_name, decoding)}")
+        for sessions in _runs_of(order, set(processed), partitions_per_run()):
+            say(f"Decoding {', '.join(sessions)} ...")
+            if (failure := run(decoding_job_name(decoding), sessions=sessions)) is not None:
                 failures.append(failure)
     return failures
+
+
+def _runs_of(order: list[str], wanted: set[str], per_run: int) -> list[list[str]]:
+    """The wanted partitions in runs: a run covers a range of the partitions' order (only
+    neighbours in it), and at most ``per_run`` of them."""
+    runs, current = [], []
+    for key in order:
+        if key in wanted and len(current) < per_run:
+            current.append(key)
+            continue
+        if current:
+            runs.append(current)
+        current = [key] if key in wanted else []
+    if current:
+        runs.append(current)
+    return runs
 
 
 def run_demo(
@@ -355,8 +385,8 @@ def _place_options() -> argparse.ArgumentParser:
         help="the catalog: a DuckDB file or postgresql://user@host/dbname (default: in --home)",
     )  # fmt: skip
     place.add_argument(
-        "--outputs", type=Path, default=argparse.SUPPRESS,
-        help="where outputs are written (default: outputs/ in --home)",
+        "--outputs", default=argparse.SUPPRESS,
+        help="where outputs are written: a folder, or a URL such as s3://bucket/prefix (default: outputs/ in --home)",
     )  # fmt: skip
     place.add_argument(
         "--decode-slots", default=argparse.SUPPRESS,  # checked with the variable it sets
@@ -416,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     if catalog := getattr(args, "catalog", None):
         os.environ["DECODING_ASSETS_CATALOG"] = catalog
     if outputs := getattr(args, "outputs", None):
-        os.environ["DECODING_ASSETS_OUTPUTS"] = str(outputs.resolve())
+        from catalog.storage import key
+
+        os.environ["DECODING_ASSETS_OUTPUTS"] = key(outputs)
     if slots := getattr(args, "decode_slots", None):
         os.environ["DECODING_ASSETS_DECODE_SLOTS"] = slots
     # before anything starts: `dagster dev` on a taken port fails after its daemon is up, and leaves it running

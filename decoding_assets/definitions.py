@@ -1,5 +1,6 @@
 """The one place the Dagster ``Definitions`` are assembled (``dagster dev -m
-decoding_assets.definitions`` or ``workspace.yaml``)."""
+decoding_assets.definitions`` or ``workspace.yaml``). Where the steps of every job run is
+``DECODING_ASSETS_EXECUTOR`` (``decoding_assets.defs.executors``)."""
 
 import dagster as dg
 
@@ -13,6 +14,7 @@ from decoding_assets.defs.automation import (
     verify_outputs,
 )
 from decoding_assets.defs.decoding import build_decoding_assets
+from decoding_assets.defs.executors import build_executor
 from decoding_assets.defs.parameters import parameter_sets
 from decoding_assets.defs.resources import default_catalog_resource
 from decoding_assets.defs.sessions import session_assets
@@ -26,6 +28,7 @@ def build_definitions(config: dict | None = None) -> dg.Definitions:
         jobs=[parameters_job, sessions_job, *build_decoding_jobs(decoding_assets, config["decodings"])],
         sensors=[new_nwb_files, catalog_sync, verify_outputs],
         resources={"catalog": default_catalog_resource()},
+        executor=build_executor(),
     )
 
 

@@ -2,7 +2,8 @@
 fitted on, found through the catalog. Every file is verified against what the catalog
 registered before it is read (``verify="fast"``: size and mtime, hashing only a file
 whose mtime changed; ``verify="full"``: always hashed): a missing or altered file
-raises a CatalogError naming it, never returns other values.
+raises a CatalogError naming it, never returns other values. Outputs in an object store
+(an outputs URL) are checked there and read lazily from it.
 
     from catalog import Catalog
     from decoding_assets.fetch import fetch_results
@@ -11,13 +12,16 @@ raises a CatalogError naming it, never returns other values.
 
 from __future__ import annotations
 
-from typing import Collection
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Collection, Iterator
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from catalog import Catalog, DecodeSources
+from catalog import Catalog, DecodeSources, storage
 
 from .decoder import ContFragClusterlessClassifier, Environment, load_results
 from .pipeline import read_features
@@ -28,14 +32,16 @@ VERIFY_MODES = ("fast", "full")
 
 def fetch_results(catalog: Catalog, merge_id: str, verify: str = "fast") -> xr.Dataset:
     """The decode as an ``xarray.Dataset`` (``state_bins`` MultiIndex rebuilt;
-    ``interval_labels`` says which piece of the decoding interval each bin is in)."""
+    ``interval_labels`` says which piece of the decoding interval each bin is in), read
+    lazily, from an object store too."""
     return load_results(catalog.verify_output(merge_id, full=_full(verify))["path"])
 
 
 def fetch_model(catalog: Catalog, merge_id: str, device=None, verify: str = "fast") -> ContFragClusterlessClassifier:
     """The fitted classifier the decode used."""
     output = catalog.verify_output(merge_id, full=_full(verify))
-    return ContFragClusterlessClassifier.load_model(output["model_path"], device=device)
+    with _local_copy(output["model_path"]) as path:
+        return ContFragClusterlessClassifier.load_model(path, device=device)
 
 
 def fetch_environments(catalog: Catalog, merge_id: str, verify: str = "fast") -> Environment:
@@ -62,6 +68,21 @@ def fetch_spike_data(
 
 def _verified_sources(catalog: Catalog, merge_id: str, verify: str, kinds: Collection[str]) -> DecodeSources:
     return catalog.verify_decode_inputs(catalog.fetch_decode_sources(merge_id), full=_full(verify), kinds=kinds)
+
+
+@contextlib.contextmanager
+def _local_copy(location: str) -> Iterator[Path]:
+    """A local file with ``location``'s bytes: itself, or an object downloaded into the
+    scratch folder for as long as it is read (a model is read whole)."""
+    if not storage.is_url(location):
+        yield Path(location)
+        return
+    folder = storage.scratch_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix="fetch-") as scratch:
+        local = Path(scratch) / location.rsplit("/", 1)[-1]
+        storage.get(location, local)
+        yield local
 
 
 def _full(verify: str) -> bool:

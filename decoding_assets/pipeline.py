@@ -25,9 +25,12 @@ import yaml
 
 from catalog import Catalog, CatalogError, DecodeSources, DecodingSelection, check_name, file_checksum
 from catalog.position import POSITION_VARIABLES
+from catalog.storage import UploadError, is_url, local_form
 
 from . import __version__
 from .decoder import load_results, save_results
+from .decoder.results import MAX_ERROR_EXPECTED, Keep, is_max_error
+from .files import uploaded
 from .models import check_decoding_params, decoding_model, store_decoding_params
 from .nwb import (
     NoRawRecordingError,
@@ -91,7 +94,8 @@ class DecodingConfig:
     session's interval lists wins: a glob over names, or {run_epochs}, {sleep_epochs},
     {epochs}, {trials}. ``encoding_interval``: an interval list name, "{epoch}" (the
     epoch holding the decoding interval) or "{nearest_run_epoch}" (the run epoch
-    nearest in time, e.g. to decode replay in a sleep epoch)."""
+    nearest in time, e.g. to decode replay in a sleep epoch). ``keep``: what each
+    decode's results file keeps (``Keep``; the YAML ``keep`` mapping)."""
 
     name: str
     waveform_features_group_name: str
@@ -100,6 +104,7 @@ class DecodingConfig:
     encoding_interval: str
     decoding_intervals: tuple[str, ...]
     estimate_decoding_params: bool = False
+    keep: Keep = Keep()
 
 
 def _is_name(value) -> bool:
@@ -147,6 +152,12 @@ _DECODING_CHECKS = {
     ),
     "decoding_intervals": _RULES,
     "estimate_decoding_params": (lambda v: isinstance(v, bool), "true or false"),
+    "keep": (lambda v: v is None or isinstance(v, dict), "a mapping of causal_posterior, per_state and max_error"),
+}
+_KEEP_CHECKS = {
+    "causal_posterior": (lambda v: isinstance(v, bool), "true or false"),
+    "per_state": (lambda v: isinstance(v, bool), "true or false"),
+    "max_error": (lambda v: v is None or is_max_error(v), MAX_ERROR_EXPECTED),
 }
 _LED = (lambda v: v is None or _is_name(v), "a position series name, or an LED of the labs' per-epoch layout (led_1)")
 _LED_SERIES_CHECKS = {"front": _LED, "back": _LED}
@@ -180,9 +191,20 @@ def _position_group(entry) -> dict:
 
 
 def _decoding(name: str, entry) -> DecodingConfig:
-    required = tuple(k for k in _DECODING_CHECKS if k != "estimate_decoding_params")
+    required = tuple(k for k in _DECODING_CHECKS if k not in ("estimate_decoding_params", "keep"))
     entry = _checked_entry(entry, _DECODING_CHECKS, required)
-    return DecodingConfig(name=name, **{**entry, "decoding_intervals": _interval_rules(entry["decoding_intervals"])})
+    keep = _keep(entry.pop("keep", None))
+    return DecodingConfig(
+        name=name, keep=keep, **{**entry, "decoding_intervals": _interval_rules(entry["decoding_intervals"])}
+    )
+
+
+def _keep(entry) -> Keep:
+    """A decoding's ``keep`` mapping; a key left out keeps its default."""
+    try:
+        return Keep(**_checked_entry(entry, _KEEP_CHECKS))
+    except ValueError as error:
+        raise ValueError(f"keep: {error}") from None
 
 
 def _each(config: dict, section: str, check: Callable[[str, object], object]) -> dict:
@@ -727,13 +749,18 @@ def _within(times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     return inside
 
 
-def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False, run_id: str | None = None) -> dict:
+def decode(
+    catalog: Catalog, merge_id: str, device=None, progress: bool = False, run_id: str | None = None, keep: Keep = Keep()
+) -> dict:
     """Run one decoding selection: fit on the encoding interval, decode each piece of
     the decoding interval, write the results (netCDF) and the fitted model, register
-    both with their lineage. Returns what was recorded plus run metadata.
+    both with their lineage. Returns what was recorded plus run metadata. ``keep``: what
+    the results file keeps (a decoding configuration's ``keep``).
 
     The output paths are recorded as being written by this process (and Dagster run
-    ``run_id``) and kept alive while it writes, so ``cleanup`` never takes them."""
+    ``run_id``) and kept alive while it writes, so ``cleanup`` never takes them. With
+    outputs in an object store, both files are written locally (the scratch folder),
+    uploaded, and only then registered."""
     started = clock.perf_counter()
     inputs = load_decoding_inputs(catalog, merge_id)
     selection, sources = inputs.selection, inputs.sources
@@ -763,10 +790,12 @@ def decode(catalog: Catalog, merge_id: str, device=None, progress: bool = False,
 
     path, model_path = catalog.output_paths(selection, run_id=run_id)
     with catalog.writing([path, model_path], run_id=run_id):
-        return _decode_into(catalog, inputs, model, pieces, is_training, path, model_path, started)
+        return _decode_into(catalog, inputs, model, pieces, is_training, path, model_path, started, keep)
 
 
-def _decode_into(catalog, inputs: DecodingInputs, model, pieces, is_training, path: Path, model_path: Path, started) -> dict:
+def _decode_into(
+    catalog, inputs: DecodingInputs, model, pieces, is_training, path: Path, model_path: Path, started, keep: Keep
+) -> dict:
     selection, sources = inputs.selection, inputs.sources
     merge_id, fs = sources.merge_id, model.sampling_frequency
     position_time = inputs.position.index.to_numpy()
@@ -779,48 +808,61 @@ def _decode_into(catalog, inputs: DecodingInputs, model, pieces, is_training, pa
         "decoding_param_name": selection.decoding_param_name,
         "code_version": __version__,
     }
-    if selection.estimate_decoding_params:
-        # EM over the span of the interval, times outside its pieces treated as missing
-        # (EM keeps its results in memory)
-        span = np.arange(sources.decoding_times[0, 0], sources.decoding_times[-1, 1], 1.0 / fs)
-        results = model.estimate_parameters(
-            position_time, position, inputs.spike_times, inputs.spike_waveform_features, time=span,
-            is_training=is_training, is_missing=~_within(span, sources.decoding_times),
-        )  # fmt: skip
-        label = np.full(span.size, -1)
-        for k, piece in enumerate(sources.decoding_times):
-            label[_within(span, piece[np.newaxis])] = k
-        results = results.assign_coords(interval_labels=("time", label)).isel(time=label >= 0)
-        results.attrs.update(attrs, device=model.device_)
-        with _room_for(results.nbytes, path, selection, merge_id):
-            save_results(results, path)
-    else:
-        # each piece decoded on its own, streamed into one file; a piece too short for a
-        # single bin is skipped and the labels keep every other piece's index
-        model.fit(position_time, position, inputs.spike_times, inputs.spike_waveform_features, is_training=is_training)
-        labels = np.concatenate([np.full(p.size, k) for k, p in enumerate(pieces)])
-        # causal and acausal posteriors over both states' bins, per time bin
-        bound = labels.size * 2 * 2 * model.n_bins_ * np.dtype(model._out_dtype).itemsize
-        with _room_for(bound, path, selection, merge_id):
-            model.predict_to_file(
-                path, inputs.spike_times, inputs.spike_waveform_features, np.concatenate(pieces),
-                interval_labels=labels, attrs=attrs,
+    # written where they go, or (outputs in an object store) locally then uploaded; the
+    # upload is named like a full disk when it fails
+    with _room_for(0, path, selection, merge_id), uploaded(path, model_path) as (local, local_model):
+        if selection.estimate_decoding_params:
+            # EM over the span of the interval, times outside its pieces treated as missing
+            # (EM keeps its results in memory)
+            span = np.arange(sources.decoding_times[0, 0], sources.decoding_times[-1, 1], 1.0 / fs)
+            results = model.estimate_parameters(
+                position_time, position, inputs.spike_times, inputs.spike_waveform_features, time=span,
+                is_training=is_training, is_missing=~_within(span, sources.decoding_times),
             )  # fmt: skip
-    with _room_for(0, model_path, selection, merge_id):
-        model.save_model(model_path)
-    results = load_results(path)
-    summary = summarize_results(results, inputs.position, inputs.position_variables, model)
+            label = np.full(span.size, -1)
+            for k, piece in enumerate(sources.decoding_times):
+                label[_within(span, piece[np.newaxis])] = k
+            results = results.assign_coords(interval_labels=("time", label)).isel(time=label >= 0)
+            results.attrs.update(attrs, device=model.device_)
+            with _room_for(results.nbytes, path, selection, merge_id):
+                save_results(results, local, keep)
+        else:
+            # each piece decoded on its own, streamed into one file; a piece too short for a
+            # single bin is skipped and the labels keep every other piece's index
+            model.fit(position_time, position, inputs.spike_times, inputs.spike_waveform_features, is_training=is_training)
+            labels = np.concatenate([np.full(p.size, k) for k, p in enumerate(pieces)])
+            # the exact causal posterior at interior bins (the smoother reads it back from a
+            # temporary beside the file), plus what is kept of the posteriors uncompressed
+            size = np.dtype(model._out_dtype).itemsize
+            n_interior = int(model.environments.is_track_interior_.sum())
+            kept = (1 + keep.causal_posterior) * (2 if keep.per_state else 1) * model.n_bins_
+            bound = labels.size * (2 * n_interior * size + kept * (size if keep.max_error is None else 2))
+            with _room_for(bound, path, selection, merge_id):
+                model.predict_to_file(
+                    local, inputs.spike_times, inputs.spike_waveform_features, np.concatenate(pieces),
+                    interval_labels=labels, attrs=attrs, keep=keep,
+                )  # fmt: skip
+        with _room_for(0, model_path, selection, merge_id):
+            model.save_model(local_model)
+        # measured on the local file: no read back over the network
+        results = load_results(local)
+        summary = summarize_results(results, inputs.position, inputs.position_variables, model)
+        n_time_bins = results.sizes["time"]
+        if is_url(path):
+            results.close()  # its local copy goes once uploaded
     record = catalog.register_output(
         merge_id,
         path=path,
         model_path=model_path,
         code_version=__version__,
         input_versions=inputs.versions,
-        n_time_bins=results.sizes["time"],
+        n_time_bins=n_time_bins,
         run_seconds=clock.perf_counter() - started,
         device=model.device_,
         median_decoding_error_cm=summary["median_decoding_error_cm"],
     )
+    if is_url(path):
+        results = load_results(path)  # lazily, from the store
     return {
         **record,
         **summary,
@@ -831,25 +873,37 @@ def _decode_into(catalog, inputs: DecodingInputs, model, pieces, is_training, pa
 
 
 @contextlib.contextmanager
-def _room_for(nbytes: int, path: Path, selection: DecodingSelection, merge_id: str):
-    """Write ``path`` only if the disk has room for about ``nbytes``, and turn a full disk
-    into an error naming the folder. Checking first matters: HDF5 left with a write
-    that failed for want of space can crash the process when it exits."""
+def _room_for(nbytes: int, path: Path | str, selection: DecodingSelection, merge_id: str):
+    """Write ``path`` only if the disk it is written on (for a URL: the scratch folder its
+    local copy is written in) has room for about ``nbytes``, and turn a full disk or a
+    failed upload into an error naming the folder or URL. Checking first matters: HDF5
+    left with a write that failed for want of space can crash the process when it exits."""
     where = f"Session {selection.nwb_file_name}, interval {selection.decoding_interval!r} (decode {merge_id})"
-    what = ("Free space there, or point --outputs / DECODING_ASSETS_OUTPUTS at a larger disk, then decode "
-            "again; `decoding-assets cleanup --yes` reclaims what the failed write left.")  # fmt: skip
-    free = shutil.disk_usage(path.parent).free
-    if nbytes and free < 1.1 * nbytes + 2**20:
+    folder = local_form(path).parent
+    if is_url(path):
+        place, setting = f"the scratch folder {folder}", "DECODING_ASSETS_SCRATCH"
+    else:
+        place, setting = f"the outputs folder {folder}", "--outputs / DECODING_ASSETS_OUTPUTS"
+    what = (f"Free space there, or point {setting} at a larger disk, then decode again; `decoding-assets cleanup "
+            "--yes` reclaims what the failed write left.")  # fmt: skip
+    if nbytes and (free := shutil.disk_usage(folder).free) < 1.1 * nbytes + 2**20:
         raise CatalogError(
-            f"{where}: the outputs folder {path.parent} has {free / 2**20:.1f} MiB free and the results need about "
-            f"{nbytes / 2**20:.1f} MiB (No space left on device). {what}"
+            f"{where}: {place} has {free / 2**20:.1f} MiB free and the results need about {nbytes / 2**20:.1f} MiB "
+            f"(No space left on device). {what}"
         )
     try:
         yield
+    except UploadError as error:
+        raise CatalogError(
+            f"{where}: could not upload {error.url} ({type(error.cause).__name__}: {error.cause}). Check that the "
+            "outputs URL (--outputs / DECODING_ASSETS_OUTPUTS) names a bucket that exists, that the store is reachable "
+            "and that the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) may write there, "
+            "then decode again. Nothing was registered; `decoding-assets cleanup --yes` reclaims what was left."
+        ) from None
     except OSError as error:
         if error.errno != errno.ENOSPC and "No space left on device" not in str(error):
             raise
-        raise CatalogError(f"{where}: the outputs folder {path.parent} is full (No space left on device). {what}") from None
+        raise CatalogError(f"{where}: {place} is full (No space left on device). {what}") from None
 
 
 def summarize_results(results, position: pd.DataFrame, position_variables: list[str], model, rows: int = 4096) -> dict:
@@ -857,11 +911,17 @@ def summarize_results(results, position: pd.DataFrame, position_variables: list[
 
     - ``median_decoding_error_cm``: median distance between the most probable decoded
       position and the tracked one, over bins with tracking (on a track: along it);
-    - ``max_posterior_sum_error``: the largest |sum of a bin's posterior - 1|;
+    - ``max_posterior_sum_error``: the largest |sum of a bin's posterior - 1|, of the
+      posterior as computed (a file that keeps it within a bound records it; a stored
+      bin sums to 1 only within the bound times its number of bins);
     - ``n_nan_inside_track``: NaN posterior values at bins inside the track.
+
+    Works on every form a file keeps (per state or summed over states, exact or bounded).
     """
     env = model.environments
-    interior = np.tile(env.is_track_interior_.ravel(), 2)
+    posterior = results["acausal_posterior"]
+    n_states = results.sizes["states"] if "state_bins" in posterior.dims else 1
+    interior = env.is_track_interior_.ravel()
     time = results["time"].values
     # never across a pause between the position group's epochs, nor a tracking gap
     tracked = np.column_stack(
@@ -870,15 +930,18 @@ def summarize_results(results, position: pd.DataFrame, position_variables: list[
     actual = env.to_decoding_position(tracked)
     errors, worst_sum, n_nan = [], 0.0, 0
     for start in range(0, time.size, rows):
-        block = np.asarray(results["acausal_posterior"][start : start + rows].values)
-        worst_sum = max(worst_sum, float(np.max(np.abs(np.nansum(block, axis=1) - 1.0))))
-        n_nan += int(np.isnan(block[:, interior]).sum())
-        flat = np.nan_to_num(block).reshape(block.shape[0], 2, -1).sum(axis=1)
+        block = np.asarray(posterior[start : start + rows].values)
+        block = block.reshape(block.shape[0], n_states, -1)
+        worst_sum = max(worst_sum, float(np.max(np.abs(np.nansum(block, axis=(1, 2)) - 1.0))))
+        n_nan += int(np.isnan(block[:, :, interior]).sum())
+        flat = np.nan_to_num(block).sum(axis=1)
         decoded = env.place_bin_centers_[flat.argmax(axis=1)]
         here = actual[start : start + rows]
         ok = ~np.isnan(here).any(axis=1)
         errors.append(np.linalg.norm(decoded[ok] - here[ok], axis=1))
     errors = np.concatenate(errors)
+    if Keep.of(results).max_error is not None:
+        worst_sum = float(posterior.attrs["computed_max_abs_sum_error"])
     return {
         "median_decoding_error_cm": float(np.median(errors)) if errors.size else None,
         "max_posterior_sum_error": worst_sum,

@@ -194,7 +194,7 @@ def decode_session(
     for item in todo:
         try:
             merge_id = catalog.insert_selection(item.selection)
-            record = decode(catalog, merge_id, device=device, run_id=run_id)
+            record = decode(catalog, merge_id, device=device, run_id=run_id, keep=config.keep)
         except Exception as error:  # one interval's failure is reported, the others go on
             failed.append((item.interval, _one_line(error)))
             continue

@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from .decoder.results import position_posterior  # noqa: E402
+
 _MAX_COLUMNS = 1500  # time columns drawn; longer decodes are shown at a coarser step
 
 
@@ -23,7 +25,7 @@ def plot_decode(results: xr.Dataset, position: pd.DataFrame, position_variables:
     direction."""
     step = max(1, results.sizes["time"] // _MAX_COLUMNS)
     results = results.isel(time=slice(None, None, step))  # reads only the rows drawn
-    posterior = results["acausal_posterior"].unstack("state_bins").sum("state", skipna=True)
+    posterior = position_posterior(results)  # whichever form the file kept: per state or summed
     dims = [d for d in posterior.dims if d != "time"]
     t = results["time"].values
     tracked = position.reindex(position.index.union(t)).interpolate(method="index", limit_area="inside").reindex(t)

@@ -22,6 +22,8 @@ to (-pi, pi] after.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter1d, uniform_filter1d
@@ -240,7 +242,12 @@ def save_position(df: pd.DataFrame, path) -> None:
 
 
 def load_position(path) -> pd.DataFrame:
+    """A processed position file, local or in an object store (read through a file object)."""
     import xarray as xr
 
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
-        return ds.to_dataframe()
+    from catalog import storage
+
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(storage.open_file(path)) if storage.is_url(path) else path
+        with xr.open_dataset(source, engine="h5netcdf") as ds:
+            return ds.to_dataframe()

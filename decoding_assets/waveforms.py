@@ -32,6 +32,7 @@ filter releases the GIL).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -45,6 +46,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from scipy import signal
+
+from catalog import storage
 
 from .files import atomic_write
 
@@ -435,8 +438,11 @@ def save_features(features: GroupFeatures, path: str | Path, attrs: dict) -> Pat
 
 
 def load_features(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Spike times (n,) s and features (n, n_channels) µV from a features file."""
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
+    """Spike times (n,) s and features (n, n_channels) µV from a features file, local or
+    in an object store (read through a file object)."""
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(storage.open_file(path)) if storage.is_url(path) else path
+        ds = stack.enter_context(xr.open_dataset(source, engine="h5netcdf"))
         version = int(ds.attrs.get("features_format_version", -1))
         if version != FEATURES_FORMAT_VERSION:
             raise FeatureExtractionError(

@@ -300,3 +300,38 @@ def test_definitions_with_a_bad_configuration_fail_to_load_naming_the_key(tmp_pa
         pipeline.load_config(write_config(tmp_path, unknown_decoding_key))
     config = pipeline.load_config()  # the packaged file is valid
     assert [d.name for d in config["decodings"]] == ["contfrag_run", "contfrag_raw_tetrodes"]
+
+
+# what a decode keeps: (keep mapping, what the error says)
+BAD_KEEPS = [
+    ({"causal": True}, r"decodings 'contfrag_run': keep: unknown key\(s\) \['causal'\]; known: \['causal_posterior', "
+                       r"'max_error', 'per_state'\]\."),
+    ({"per_state": "yes"}, r"decodings 'contfrag_run': keep: per_state must be true or false; got 'yes'\."),
+    ({"max_error": "1e-5"}, r"decodings 'contfrag_run': keep: max_error must be null \(exact\) or a number from "
+                            r"7.75e-06 .* in YAML write 1.0e-5, not 1e-5 \(which YAML reads as text\); got '1e-5'\."),
+    ({"max_error": 1.0e-6}, r"decodings 'contfrag_run': keep: max_error must be null \(exact\) .*; got 1e-06\."),
+    ("acausal", r"decodings 'contfrag_run': keep must be a mapping of causal_posterior, per_state and max_error; "
+                r"got 'acausal'\."),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("keep", "message"), BAD_KEEPS, ids=[str(k) for k, _ in BAD_KEEPS])
+def test_a_bad_keep_names_the_decoding_key_and_value(tmp_path, keep, message):
+    def change(config):
+        config["decodings"]["contfrag_run"]["keep"] = keep
+
+    with pytest.raises(ValueError, match=message):
+        pipeline.load_config(write_config(tmp_path, change))
+
+
+def test_keep_defaults_to_what_a_lab_can_afford(tmp_path):
+    from decoding_assets.decoder.results import Keep
+
+    def partial(config):
+        config["decodings"]["contfrag_run"]["keep"] = {"causal_posterior": True, "max_error": None}
+        assert "keep" not in config["decodings"]["contfrag_raw_tetrodes"]
+
+    run, raw = pipeline.load_config(write_config(tmp_path, partial))["decodings"]
+    assert run.keep == Keep(causal_posterior=True, per_state=True, max_error=None)
+    assert raw.keep == Keep() == Keep(causal_posterior=False, per_state=True, max_error=1.0e-5)
+    assert pipeline.DecodingConfig("trials", "all", "run", "small", "{epoch}", ("trial_*",)).keep == Keep()

@@ -27,7 +27,7 @@ from ..files import atomic_write
 from . import inference
 from . import likelihood as lik
 from .environment import Environment
-from .results import STATE_NAMES, make_results, streaming_results
+from .results import KEEP_EVERYTHING, STATE_NAMES, Keep, make_results, streaming_results
 from .transitions import make_transitions
 
 MODEL_FORMAT_VERSION = 1
@@ -286,11 +286,17 @@ class ContFragClusterlessClassifier:
         is_missing: np.ndarray | None = None,
         interval_labels: np.ndarray | None = None,
         attrs: dict | None = None,
+        keep: Keep = KEEP_EVERYTHING,
     ) -> Path:
         """``predict``, writing the results to a netCDF file as it goes instead of holding
         them: memory stays bounded however long the session. The file has
         ``save_results``'s format and appears only once complete; open it with
         ``load_results``.
+
+        keep : what the file keeps (``Keep``; default: everything, exactly). The exact
+            causal posterior, which the smoother reads back, goes meanwhile to an
+            uncompressed temporary file beside ``path`` (n_time x 2 x interior bins x 4
+            bytes), deleted at the end.
 
         interval_labels : optional (n_time,) integers; each run of equal labels is
             decoded on its own (from the initial conditions), as separate intervals
@@ -303,10 +309,9 @@ class ContFragClusterlessClassifier:
         if labels.shape != (n_time,):
             raise ValueError(f"interval_labels has {labels.size} entries but time has {n_time} bins.")
         bounds = [0, *(np.flatnonzero(np.diff(labels)) + 1), n_time]
-        step, _ = _chunk_lengths(n_time, self.n_bins_, int(self.environments.is_track_interior_.sum()))
         state = {k: np.empty((n_time, 2)) for k in ("acausal_state_probabilities", "causal_state_probabilities")}
         marginal = 0.0
-        with streaming_results(path, time, self.environments, self._out_dtype, step, labels) as (causal, acausal, finish):
+        with streaming_results(path, time, self.environments, self._out_dtype, keep, labels) as (causal, acausal, finish):
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 decoded = self._decode(
                     time[start:stop], spike_times, marks, is_missing[start:stop], None,

@@ -18,6 +18,11 @@ from pathlib import Path
 
 import dagster as dg
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
 
 from catalog import Catalog
 from decoding_assets import pipeline, plan
@@ -230,14 +235,21 @@ def _latest_observation(instance: dg.DagsterInstance, where: dg.AssetRecordsFilt
 
 def _partitions_in_progress(instance: dg.DagsterInstance, decoding) -> set[str]:
     """Partitions of a decoding with a run in progress: the CLI's ``decode_<name>`` runs,
-    and the UI's and backfills' runs that select the asset."""
+    and the UI's and backfills' runs that select the asset, one partition or a range of
+    them (a backfill decodes several sessions per run)."""
     key = decoding_asset_key(decoding)
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES)))
-    return {
-        run.tags.get("dagster/partition")
-        for run in runs
-        if run.job_name == decoding_job_name(decoding) or key in (run.asset_selection or ())
-    }
+    ours = [r for r in runs if r.job_name == decoding_job_name(decoding) or key in (r.asset_selection or ())]
+    order = instance.get_dynamic_partitions(decoding_partitions(decoding.name).name)
+    busy = set()
+    for run in ours:
+        if (one := run.tags.get(PARTITION_NAME_TAG)) is not None:
+            busy.add(one)
+        elif (first := run.tags.get(ASSET_PARTITION_RANGE_START_TAG)) in order:
+            last = run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
+            start = order.index(first)
+            busy.update(order[start : order.index(last) + 1] if last in order else order[start:])
+    return busy
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -263,16 +275,12 @@ def verify_outputs(context: dg.SensorEvaluationContext, catalog: CatalogResource
     ``results_intact`` check for each. A bad file's status is recorded in the catalog, so
     ``catalog_sync`` then shows its partition as missing and automation decodes it again.
     ``decoding-assets verify --full`` hashes every file."""
-    cat, events = catalog.get(), []
-    for decoding in pipeline.load_config()["decodings"]:
-        for session in context.instance.get_dynamic_partitions(decoding_partitions(decoding.name).name):
-            result = results_intact(cat, session, decoding)
-            events.append(
-                dg.AssetCheckEvaluation(
-                    asset_key=decoding_asset_key(decoding), check_name=RESULTS_INTACT, passed=result.passed,
-                    metadata=result.metadata, partition=session,
-                )
-            )  # fmt: skip
+    cat = catalog.get()
+    events = [
+        results_intact(cat, session, decoding)
+        for decoding in pipeline.load_config()["decodings"]
+        for session in context.instance.get_dynamic_partitions(decoding_partitions(decoding.name).name)
+    ]
     failed = sum(not e.passed for e in events)
     context.log.info(f"Checked {len(events)} decoding partition(s): {failed} with a bad file.")
     return dg.SensorResult(asset_events=events) if events else dg.SkipReason("No decoding partitions yet.")

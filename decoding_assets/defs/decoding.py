@@ -2,25 +2,39 @@
 decodes. A partition decodes every interval the configuration selects in its session that
 is not decoded yet (or whose inputs changed since, or whose file went bad); the intervals
 are listed in its materialization. The decode is a GPU step: it runs in the ``gpu``
-concurrency pool and asks Kubernetes for a GPU."""
+concurrency pool, takes a GPU of its own on this machine (``runs.claim_gpu``) and asks
+Kubernetes for a GPU.
+
+A backfill decodes up to ``DECODING_ASSETS_PARTITIONS_PER_RUN`` sessions (default 20) in
+one run, so a process's start-up and JAX's initialization are paid once for all of them
+(compiled code comes from the persistent cache in the home folder). Each session is
+materialized, with its own metadata and checks, as soon as it is decoded; one that fails
+leaves the others materialized and fails the run, naming it."""
 
 
 import base64
+import contextlib
+import os
+from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from catalog import Catalog
+from catalog import Catalog, CatalogError
 from decoding_assets import pipeline, plan
 from decoding_assets.plots import plot_decode
 
 from .parameters import parameter_sets
 from .partitions import decoding_partitions
-from .resources import CatalogResource
+from .resources import CatalogResource, home
+from .runs import claim_gpu
 from .sessions import position_groups, waveform_features_groups
 
 GPU_POOL = "gpu"
+DEVICE_LOCKS = "device_locks"  # in the home folder: a lock file per GPU (runs.claim_gpu)
+PARTITIONS_PER_RUN_VARIABLE = "DECODING_ASSETS_PARTITIONS_PER_RUN"
+DEFAULT_PARTITIONS_PER_RUN = 20
 RESULTS_INTACT = "results_intact"
 # where a decode step runs on a cluster: the Celery executor's gpu queue (workers on GPU
 # nodes listen to it), and the step pod's GPU request under the Kubernetes job executor
@@ -77,7 +91,7 @@ def partition_metadata(catalog: Catalog, nwb_file_name: str, config: pipeline.De
     }
 
 
-def results_intact(catalog: Catalog, nwb_file_name: str, decoding, full=frozenset()) -> dg.AssetCheckResult:
+def results_intact(catalog: Catalog, nwb_file_name: str, decoding, full=frozenset()) -> dg.AssetCheckEvaluation:
     """Check the files of a decoding partition's outputs against the catalog (the
     statuses are recorded there, so the next catalog sync shows a bad one as missing)."""
     problems, n_files = [], 0
@@ -87,12 +101,90 @@ def results_intact(catalog: Catalog, nwb_file_name: str, decoding, full=frozense
         checks = catalog.check_output(item.selection.merge_id, full=item.selection.merge_id in full)
         n_files += len(checks)
         problems += [f"{item.interval}: {c.message}" for c in checks if c.status != "ok"]
-    return dg.AssetCheckResult(
+    return dg.AssetCheckEvaluation(
         asset_key=decoding_asset_key(decoding),
         check_name=RESULTS_INTACT,
         passed=not problems,
-        metadata={"files_checked": n_files, "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")},
+        partition=nwb_file_name,
+        metadata={
+            "files_checked": n_files,
+            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+        },
     )
+
+
+def partitions_per_run() -> int:
+    """``DECODING_ASSETS_PARTITIONS_PER_RUN``: how many sessions a backfill (or the
+    automation, which launches a backfill when it decodes several at once) decodes in
+    one run, read when the definitions load. One run is one process: its start-up and
+    JAX's initialization are paid once for all of them."""
+    value = os.environ.get(PARTITIONS_PER_RUN_VARIABLE, "").strip() or str(DEFAULT_PARTITIONS_PER_RUN)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"{PARTITIONS_PER_RUN_VARIABLE} is {value!r}: it must be how many sessions a backfill decodes in one run, "
+            f"a whole number from 1 (1: a run per session); unset it for the default, {DEFAULT_PARTITIONS_PER_RUN}."
+        )
+    return int(value)
+
+
+@contextlib.contextmanager
+def decode_device(catalog: CatalogResource, log) -> Iterator[str | None]:
+    """The device a decode step uses: the one configured, else a GPU of this machine that
+    no other decode holds (claimed for the step), else JAX's default (the CPU)."""
+    if catalog.device:
+        yield catalog.device
+        return
+    with claim_gpu(home() / DEVICE_LOCKS, on_wait=log.warning) as gpu:
+        if gpu is not None:
+            log.info(f"Decoding on {gpu} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}).")
+        yield gpu
+
+
+def decode_partition(
+    cat: Catalog, nwb_file_name: str, decoding: pipeline.DecodingConfig, request: DecodeRequest, device, run_id: str
+) -> list:
+    """Decode one session (partition) and return its materialization and check results;
+    raises ``dg.Failure`` naming the session and each interval that failed."""
+    key, pictures = decoding_asset_key(decoding), []
+
+    def picture(record: dict) -> None:
+        if not pictures:  # the first interval decoded for this session
+            png = plot_decode(record["results"], record["position"], record["position_variables"])
+            pictures.append(f"![decode](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+    done = plan.decode_session(
+        cat, nwb_file_name, decoding, intervals=request.intervals or None, redecode=request.redecode,
+        device=device, on_decoded=picture, run_id=run_id,
+    )  # fmt: skip
+    if done.failed:
+        raise dg.Failure(
+            description=f"Session {nwb_file_name}, decoding {decoding.name!r}: {len(done.failed)} interval(s) failed "
+            + "; ".join(f"{interval}: {message}" for interval, message in done.failed)
+            + f". {len(done.decoded)} other(s) decoded and registered; materialize again to retry the rest."
+        )
+    metadata = partition_metadata(cat, nwb_file_name, decoding)
+    metadata.update(
+        decoded_now=", ".join(r["decoding_interval"] for r in done.decoded) or "none (all decoded already)",
+        run_seconds=float(sum(r["run_seconds"] for r in done.decoded)),
+    )
+    if pictures:
+        metadata["decode"] = dg.MetadataValue.md(pictures[0])
+    worst = max((r["max_posterior_sum_error"] for r in done.decoded), default=0.0)
+    n_nan = sum(r["n_nan_inside_track"] for r in done.decoded)
+    checked = {"intervals_checked": len(done.decoded)}
+    fresh = {r["merge_id"] for r in done.decoded}  # hashed in full; the others by size and time
+    return [
+        dg.AssetMaterialization(asset_key=key, partition=nwb_file_name, metadata=metadata),
+        results_intact(cat, nwb_file_name, decoding, full=fresh),
+        dg.AssetCheckEvaluation(
+            asset_key=key, check_name="posterior_sums_to_one", passed=worst < 1e-3, partition=nwb_file_name,
+            metadata={"max_abs_error": worst, **checked},
+        ),
+        dg.AssetCheckEvaluation(
+            asset_key=key, check_name="no_nan_inside_track", passed=n_nan == 0, partition=nwb_file_name,
+            metadata={"n_nan": n_nan, **checked},
+        ),
+    ]  # fmt: skip
 
 
 def build_decoding_asset(decoding: pipeline.DecodingConfig) -> dg.AssetsDefinition:
@@ -120,6 +212,8 @@ def build_decoding_asset(decoding: pipeline.DecodingConfig) -> dg.AssetsDefiniti
         ],
         pool=GPU_POOL,
         op_tags=GPU_OP_TAGS,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=partitions_per_run()),
+        output_required=False,  # each session's materialization is reported as it is decoded
         kinds={"jax", "netcdf"},
         check_specs=checks,
         automation_condition=dg.AutomationCondition.on_missing(),
@@ -131,55 +225,38 @@ def build_decoding_asset(decoding: pipeline.DecodingConfig) -> dg.AssetsDefiniti
         ),
     )
     def _decode(context: dg.AssetExecutionContext, config: DecodeRequest, catalog: CatalogResource):
-        nwb_file_name = context.partition_key
-        cat = catalog.get()
-        pictures = []
-
-        def picture(record: dict) -> None:
-            if not pictures:  # the first interval decoded in this run
-                png = plot_decode(record["results"], record["position"], record["position_variables"])
-                pictures.append(f"![decode](data:image/png;base64,{base64.b64encode(png).decode()})")
-
-        done = plan.decode_session(
-            cat, nwb_file_name, decoding, intervals=config.intervals or None, redecode=config.redecode,
-            device=catalog.device, on_decoded=picture, run_id=context.run_id,
-        )  # fmt: skip
-        metadata = partition_metadata(cat, nwb_file_name, decoding)
-        for item in plan.plan_session(cat, nwb_file_name, decoding, check_inputs=False):
-            if item.status == "cannot decode":
-                context.log.warning(f"Session {nwb_file_name}, decoding {decoding.name!r}: {item.detail}")
-        metadata.update(
-            decoded_now=", ".join(r["decoding_interval"] for r in done.decoded) or "none (all decoded already)",
-            run_seconds=float(sum(r["run_seconds"] for r in done.decoded)),
-        )
-        if pictures:
-            metadata["decode"] = dg.MetadataValue.md(pictures[0])
-        if done.failed:
+        """Every session of the run in turn (one, or a backfill's range): each is
+        materialized as soon as it is decoded; a session that fails does not stop the
+        others, and the step then fails naming it."""
+        cat, failed = catalog.get(), {}
+        sessions = context.partition_keys
+        checks = context.selected_asset_check_keys
+        with decode_device(catalog, context.log) as device:
+            for nwb_file_name in sessions:
+                try:
+                    events = decode_partition(cat, nwb_file_name, decoding, config, device, context.run_id)
+                except Exception as error:  # one session's failure is reported, the others go on
+                    failed[nwb_file_name] = error.description if isinstance(error, dg.Failure) else _one_line(error)
+                    context.log.error(f"Session {nwb_file_name}: {failed[nwb_file_name]}")
+                    continue
+                yield from (e for e in events if getattr(e, "asset_check_key", None) in (None, *checks))
+        if failed:
+            others = len(sessions) - len(failed)
             raise dg.Failure(
-                description=f"Session {nwb_file_name}, decoding {decoding.name!r}: {len(done.failed)} interval(s) failed "
-                + "; ".join(f"{interval}: {message}" for interval, message in done.failed)
-                + f". {len(done.decoded)} other(s) decoded and registered; materialize again to retry the rest.",
-                metadata=metadata,
+                description=f"Decoding {decoding.name!r}: {len(failed)} of {len(sessions)} session(s) failed: "
+                + " | ".join(f"{session}: {message.rstrip('.')}" for session, message in failed.items())
+                + (f". The other {others} are decoded and materialized." if others else "."),
+                metadata={"failed_sessions": ", ".join(failed)},
             )
-        worst = max((r["max_posterior_sum_error"] for r in done.decoded), default=0.0)
-        n_nan = sum(r["n_nan_inside_track"] for r in done.decoded)
-        checked = {"intervals_checked": len(done.decoded)}
-        fresh = {r["merge_id"] for r in done.decoded}  # hashed in full; the others by size and time
-        intact = results_intact(cat, nwb_file_name, decoding, full=fresh)
-        yield dg.MaterializeResult(
-            metadata=metadata,
-            check_results=[
-                intact,
-                dg.AssetCheckResult(
-                    check_name="posterior_sums_to_one", passed=worst < 1e-3, metadata={"max_abs_error": worst, **checked}
-                ),
-                dg.AssetCheckResult(
-                    check_name="no_nan_inside_track", passed=n_nan == 0, metadata={"n_nan": n_nan, **checked}
-                ),
-            ],
-        )
+        for check_key in checks:  # each check's results were reported per session above
+            yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
 
     return _decode
+
+
+def _one_line(error: Exception) -> str:
+    message = " ".join(str(error).split()) or "(no message)"
+    return message if isinstance(error, CatalogError) else f"{type(error).__name__}: {message}"
 
 
 def build_decoding_assets(config: dict) -> list[dg.AssetsDefinition]:

@@ -6,7 +6,8 @@ outputs (``outputs/``), JAX's compilation cache (``jax_cache/``) and the folder 
 sensor watches for new NWB files (``incoming/``, or ``DECODING_ASSETS_WATCH_DIR``). A
 lab's shared catalog is named by ``DECODING_ASSETS_CATALOG``
 (``postgresql://user@host/dbname``), its outputs by ``DECODING_ASSETS_OUTPUTS`` (a
-folder every worker reaches). ``DECODING_ASSETS_DECODE_SLOTS`` is how many decodes may
+folder every worker reaches, or an object store's URL such as ``s3://bucket/prefix``,
+written through ``DECODING_ASSETS_SCRATCH``, default the system's temporary folder). ``DECODING_ASSETS_DECODE_SLOTS`` is how many decodes may
 run at once (default: one per GPU, else what the cores and memory hold).
 """
 
@@ -18,7 +19,7 @@ from typing import Optional
 
 import dagster as dg
 
-from catalog import Catalog
+from catalog import Catalog, storage
 from decoding_assets.pipeline import enable_compilation_cache
 
 from .runs import record_run_process
@@ -56,8 +57,9 @@ def catalog_location() -> str:
     return os.environ.get("DECODING_ASSETS_CATALOG") or str(home() / "catalog.duckdb")
 
 
-def outputs_folder() -> Path:
-    return Path(os.environ.get("DECODING_ASSETS_OUTPUTS") or home() / "outputs").resolve()
+def outputs_folder() -> Path | str:
+    """``DECODING_ASSETS_OUTPUTS`` (a folder, or a URL), else ``outputs`` in the home."""
+    return storage.resolve(os.environ.get("DECODING_ASSETS_OUTPUTS") or home() / "outputs")
 
 
 def watch_folder() -> Path:

@@ -14,16 +14,24 @@ that no longer exists means the run is dead.
   and frees its slots ``free_slots_after_run_end_seconds`` later.
 
 A run on another host, or one with no process recorded, is never judged from here.
+
+Decodes running at once on one machine each take a GPU of their own (``claim_gpu``): a
+lock file per GPU under the home folder, held with ``flock`` for the step, which the
+kernel releases when the holding process ends, however it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import itertools
 import json
 import os
 import pkgutil
 import socket
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -125,27 +133,99 @@ class DecodingRunLauncher(DefaultRunLauncher):
 def default_decode_slots() -> int:
     """How many decodes may run at once here: one per GPU that JAX can use, else as
     many as the cores and memory hold (``DECODING_ASSETS_DEVICE=cpu``: the latter)."""
-    if not os.environ.get("DECODING_ASSETS_DEVICE", "").startswith("cpu") and (gpus := _gpu_count()):
+    if not os.environ.get("DECODING_ASSETS_DEVICE", "").startswith("cpu") and (gpus := len(gpu_names())):
         return gpus
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return max(1, min(cores // _CORES_PER_CPU_DECODE, memory // _BYTES_PER_CPU_DECODE))
 
 
-def _gpu_count() -> int:
-    """NVIDIA GPUs JAX would use, found without starting JAX (which would take GPU
-    memory in this process): none without a JAX CUDA plugin; else those
+def gpu_names() -> list[str]:
+    """The NVIDIA GPUs JAX would use, in JAX's order, found without starting JAX (which
+    would take GPU memory in this process): none without a JAX CUDA plugin; else the
     ``CUDA_VISIBLE_DEVICES`` names (up to the first invalid one, as CUDA reads it), or
-    every ``/dev/nvidiaN``."""
+    one index per ``/dev/nvidiaN``."""
     plugins = importlib.util.find_spec("jax_plugins")
     locations = plugins.submodule_search_locations if plugins is not None else None
     if not locations or not any(m.name.startswith("xla_cuda") for m in pkgutil.iter_modules(locations)):
-        return 0
+        return []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         names = (name.strip() for name in visible.split(","))
-        return sum(1 for _ in itertools.takewhile(lambda name: name and not name.startswith("-"), names))
-    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+        return list(itertools.takewhile(lambda name: name and not name.startswith("-"), names))
+    return [str(i) for i in range(len(list(Path("/dev").glob("nvidia[0-9]*"))))]
+
+
+def try_claim_device(folder: Path, devices: Sequence[str]) -> tuple[str, int] | None:
+    """The first of ``devices`` no other open lock holds, with the open, locked file
+    descriptor that holds it (close it to release); None when every one is held.
+
+    Lock files are ``<host>-<device>.lock`` in ``folder``: a home shared by several
+    machines keeps each machine's GPUs apart. Each holds the holder's pid, for messages."""
+    folder.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    for device in devices:
+        fd = os.open(folder / f"{host}-{device}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return device, fd
+    return None
+
+
+def device_holders(folder: Path, devices: Sequence[str]) -> dict[str, str]:
+    """Who last held each device's lock (its pid, as written), for messages."""
+    host = socket.gethostname()
+    held = {}
+    for device in devices:
+        with contextlib.suppress(OSError):
+            held[device] = (folder / f"{host}-{device}.lock").read_text() or "?"
+    return held
+
+
+@contextlib.contextmanager
+def claim_device(folder: Path, devices: Sequence[str], on_wait=None, poll_s: float = 1.0) -> Iterator[str]:
+    """Hold one of ``devices`` while the block runs, waiting while every one is held
+    (``on_wait(message)`` is told once). The lock goes with the process: a decode killed
+    with SIGKILL never keeps its device."""
+    told = False
+    while (claimed := try_claim_device(folder, devices)) is None:
+        if on_wait is not None and not told:
+            holders = ", ".join(f"{d} (pid {pid})" for d, pid in device_holders(folder, devices).items())
+            on_wait(f"Every device is held by another decode: {holders}; waiting for one to be free.")
+            told = True
+        time.sleep(poll_s)
+    device, fd = claimed
+    try:
+        yield device
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def claim_gpu(folder: Path, on_wait=None) -> Iterator[str | None]:
+    """A GPU of this machine for one decode step, as JAX names it (``gpu:N``), or None
+    where JAX has no GPU (the CPU decodes, as many at once as the ``gpu`` pool allows).
+
+    In a process whose JAX has not started yet, only the claimed GPU is made visible
+    (``CUDA_VISIBLE_DEVICES``): JAX would otherwise reserve memory on every GPU it sees,
+    those other decodes use included."""
+    from jax._src import xla_bridge  # no public way to ask whether JAX's backends have started
+
+    names = gpu_names()
+    if not names:
+        yield None
+        return
+    with claim_device(folder, names, on_wait) as name:
+        if xla_bridge.backends_are_initialized():
+            yield f"gpu:{names.index(name)}"
+            return
+        os.environ["CUDA_VISIBLE_DEVICES"] = name
+        yield "gpu:0"
 
 
 def set_decode_slots(instance: dg.DagsterInstance, slots: int | None) -> int:

@@ -5,7 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from decoding_assets.decoder import ContFragClusterlessClassifier, Environment, load_results, save_results
+from decoding_assets.decoder import (
+    RESULTS_FORMAT_VERSION,
+    ContFragClusterlessClassifier,
+    Environment,
+    load_results,
+    save_results,
+)
 
 # one worker builds this module's sessions (pytest -n 2 --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("simulated")
@@ -73,7 +79,7 @@ def test_results_round_trip_through_netcdf(open_field_fit, tmp_path):
     path = save_results(results.isel(time=slice(0, 500)), tmp_path / "decode.nc")
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed
     loaded = load_results(path)
-    assert loaded.attrs["results_format_version"] == 1
+    assert loaded.attrs["results_format_version"] == RESULTS_FORMAT_VERSION
     assert list(loaded.indexes["state_bins"].names) == ["state", "x_position", "y_position"]
     np.testing.assert_array_equal(
         loaded["acausal_posterior"].values, results["acausal_posterior"].values[:500]
