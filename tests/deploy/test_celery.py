@@ -27,7 +27,7 @@ from decoding_assets.pipeline import DEFAULT_CONFIG, load_config
 
 from ..redis_server import RedisServer, find_redis_server
 
-pytestmark = [pytest.mark.cluster, pytest.mark.pipeline_on_postgres, pytest.mark.xdist_group("celery")]
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("celery")]
 
 BIN = Path(sys.executable).parent
 SESSION = "tiny.nwb"
