@@ -186,9 +186,10 @@ def decode_session(
     afterwards."""
     from .pipeline import decode
 
-    planned = plan_session(catalog, nwb_file_name, config)
-    if not planned:
-        raise CatalogError(nothing_to_decode(catalog, nwb_file_name, config))
+    with catalog.held():
+        planned = plan_session(catalog, nwb_file_name, config)
+        if not planned:
+            raise CatalogError(nothing_to_decode(catalog, nwb_file_name, config))
     todo = choose(planned, intervals, redecode)
     decoded, failed = [], []
     for item in todo:

@@ -13,6 +13,9 @@ The spike term is a matrix product per block of decoding spikes:
 (B x E) mark weights times (E x n_bins) position kernel. The mark weights are
 exponentiated after subtracting each row's maximum log weight and the shift is added
 back after the log, so float32 never turns a spike's density into log(0).
+
+Missing bins (``is_missing``) get LL = 1 everywhere, as in the reference: the posterior
+only propagates there, and the marginal log likelihood counts 1 per missing bin.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 EPS = 1e-15
 LOG_EPS = float(np.log(EPS))
+MISSING_LOG_LIKELIHOOD = 1.0  # the reference's value for bins flagged is_missing
 _SAMPLE_BLOCK = 4096  # samples per block when summing kernels over positions
 
 
@@ -40,6 +44,56 @@ class ElectrodeEncoding(NamedTuple):
     positions: np.ndarray
     marks: np.ndarray
     mean_rate: float
+
+
+class Encoding(NamedTuple):
+    """What ``fit`` learns from the encoding period (MODEL.md, "Encoding").
+
+    occupancy : (n_bins,) occ(x) at every grid bin.
+    electrodes : one ElectrodeEncoding per electrode group.
+    summed_ground_process_intensity : (n_bins,) Lambda(x) = sum_e Lambda_e(x).
+    """
+
+    occupancy: np.ndarray
+    electrodes: list[ElectrodeEncoding]
+    summed_ground_process_intensity: np.ndarray
+
+
+class DecodingSpikes(NamedTuple):
+    """One electrode group's spikes to decode, ready for ``log_likelihood_rows``.
+
+    bins : (n,) time bin of each kept spike, sorted.
+    marks : (n, n_features) marks, centred on the encoding marks' mean and divided by
+        waveform_std (the mark kernel is shift invariant; centring keeps float32 exact).
+    encoding_marks, encoding_valid, encoding_positions : (E, n_features), (E,), (E, n_dims)
+        the encoding spikes padded to E rows, scaled as ``marks``; None when the group
+        has no encoding spike.
+    log_scale : () log(lambda_e / n_enc) - sum_f log(waveform_std_f sqrt(2 pi)).
+    """
+
+    bins: np.ndarray
+    marks: np.ndarray
+    encoding_marks: jnp.ndarray | None
+    encoding_valid: jnp.ndarray | None
+    encoding_positions: jnp.ndarray | None
+    log_scale: jnp.ndarray | None
+
+
+class LikelihoodGrid(NamedTuple):
+    """The fitted grid as the likelihood needs it, on the device.
+
+    interior_index : (N,) flat indices of the interior bins.
+    axis_centers : per grid axis, (n_d,) bin centres.
+    position_std : (n_dims,).
+    log_occupancy : (N,) log occ(x) at interior bins, +inf where occ is 0.
+    ground : (N,) Lambda(x) at interior bins.
+    """
+
+    interior_index: jnp.ndarray
+    axis_centers: tuple
+    position_std: jnp.ndarray
+    log_occupancy: jnp.ndarray
+    ground: jnp.ndarray
 
 
 def encoding_bucket(n: int) -> int:
@@ -172,3 +226,129 @@ def spike_blocks(n_spikes: int, max_block: int) -> list[tuple[int, int]]:
             size *= 2
         blocks.append((start, min(size, max_block)))
     return blocks
+
+
+def fit_encoding(
+    train_position: np.ndarray,
+    electrode_positions: list[np.ndarray],
+    electrode_marks: list[np.ndarray],
+    n_encoding_bins: int,
+    axis_centers: list[np.ndarray],
+    position_std: np.ndarray,
+    dtype,
+    progress=None,
+) -> Encoding:
+    """Occupancy, per-electrode encodings and the summed ground process intensity.
+
+    train_position : (n_train, n_dims) decoding-space positions of the training samples.
+    electrode_positions[e] : (n_e, n_dims) position at each encoding spike;
+    electrode_marks[e] : (n_e, n_features). n_encoding_bins : length of the encoding
+    period in decoding time bins (the mean rates are per bin).
+    """
+    occupancy = kernel_density(train_position, axis_centers, position_std, dtype)
+    electrodes, summed = [], np.zeros(occupancy.shape[0])
+    for positions, marks in zip(electrode_positions, electrode_marks):
+        encoding = ElectrodeEncoding(positions=positions, marks=marks, mean_rate=marks.shape[0] / n_encoding_bins)
+        electrodes.append(encoding)
+        summed += ground_process_intensity(encoding, occupancy, axis_centers, position_std, dtype)
+        if progress is not None:
+            progress.update(1)
+    return Encoding(occupancy, electrodes, summed)
+
+
+def likelihood_grid(encoding: Encoding, interior: np.ndarray, axis_centers, position_std, dtype) -> LikelihoodGrid:
+    """interior : (n_bins,) bool mask of the grid's interior bins."""
+    occupancy = encoding.occupancy[interior]
+    with np.errstate(divide="ignore"):
+        log_occupancy = np.where(occupancy > 0, np.log(occupancy), np.inf)
+    return LikelihoodGrid(
+        interior_index=jnp.asarray(np.flatnonzero(interior)),
+        axis_centers=tuple(jnp.asarray(c, dtype=dtype) for c in axis_centers),
+        position_std=jnp.asarray(position_std, dtype=dtype),
+        log_occupancy=jnp.asarray(log_occupancy, dtype=dtype),
+        ground=jnp.asarray(encoding.summed_ground_process_intensity[interior], dtype=dtype),
+    )
+
+
+def prepare_decoding_spikes(
+    encoding: Encoding, spike_bins: list[tuple[np.ndarray, np.ndarray]], marks: list[np.ndarray], waveform_std, dtype
+) -> list[DecodingSpikes]:
+    """Per electrode group: its kept spikes' bins and scaled marks, and its padded encoding.
+
+    spike_bins[e] : (kept (n_e,) bool, bins (n_kept,)) from ``inputs.spike_time_bins``.
+    """
+    # every electrode padded to one size: one compiled likelihood for all of them
+    n_padded = encoding_bucket(max((e.marks.shape[0] for e in encoding.electrodes), default=1))
+    prepared = []
+    for electrode, (kept, bins), group_marks in zip(encoding.electrodes, spike_bins, marks):
+        n_encoding, n_features = electrode.marks.shape
+        std = np.broadcast_to(np.asarray(waveform_std, dtype=float), (n_features,))
+        center = electrode.marks.mean(axis=0) if n_encoding else np.zeros(n_features)
+        scaled = (group_marks[kept] - center) / std
+        if not n_encoding:
+            prepared.append(DecodingSpikes(bins, scaled, None, None, None, None))
+            continue
+        enc_marks, valid = _pad_rows((electrode.marks - center) / std, n_padded)
+        enc_positions, _ = _pad_rows(electrode.positions, n_padded)
+        log_scale = np.log(electrode.mean_rate / n_encoding) - np.sum(np.log(std * np.sqrt(2 * np.pi)))
+        prepared.append(
+            DecodingSpikes(
+                bins=bins,
+                marks=scaled,
+                encoding_marks=jnp.asarray(enc_marks, dtype=dtype),
+                encoding_valid=jnp.asarray(valid),
+                encoding_positions=jnp.asarray(enc_positions, dtype=dtype),
+                log_scale=jnp.asarray(log_scale, dtype=dtype),
+            )
+        )
+    return prepared
+
+
+@jax.jit
+def _interior_columns(kernel: jnp.ndarray, interior_index: jnp.ndarray) -> jnp.ndarray:
+    return kernel[:, interior_index]
+
+
+def log_likelihood_rows(
+    grid: LikelihoodGrid,
+    spikes: list[DecodingSpikes],
+    start: int,
+    stop: int,
+    n_rows: int,
+    is_missing: np.ndarray,
+    max_block: int,
+    progress=None,
+) -> jnp.ndarray:
+    """LL_i(x) at interior bins for time bins [start, stop), padded to ``n_rows``:
+    (n_rows, N). Bins outside the track carry no probability, so it is never computed
+    there. is_missing : (n_time,) bool for the whole decode."""
+    dtype = grid.ground.dtype
+    ll = jnp.zeros((n_rows, grid.ground.shape[0]), dtype=dtype) - grid.ground
+    for item in spikes:
+        lo, hi = np.searchsorted(item.bins, [start, stop])
+        if hi > lo:
+            kernel = None
+            if item.encoding_positions is not None:
+                kernel = _interior_columns(
+                    position_kernel(item.encoding_positions, grid.axis_centers, grid.position_std),
+                    grid.interior_index,
+                )
+            for offset, size in spike_blocks(hi - lo, max_block):
+                rows = slice(lo + offset, min(lo + offset + size, hi))
+                n = rows.stop - rows.start
+                bins = np.full(size, n_rows, dtype=np.int32)  # padding rows fall outside the chunk
+                bins[:n] = item.bins[rows] - start
+                if kernel is None:
+                    ll = add_constant_spike_terms(ll, jnp.asarray(bins))
+                    continue
+                block_marks = np.zeros((size, item.marks.shape[1]))
+                block_marks[:n] = item.marks[rows]
+                ll = add_spike_terms(
+                    ll, jnp.asarray(bins), jnp.asarray(block_marks, dtype=dtype), item.encoding_marks,
+                    item.encoding_valid, kernel, grid.log_occupancy, item.log_scale,
+                )  # fmt: skip
+        if progress is not None:
+            progress.update(1)
+    missing = np.zeros(n_rows, dtype=bool)
+    missing[: stop - start] = is_missing[start:stop]
+    return jnp.where(jnp.asarray(missing)[:, jnp.newaxis], MISSING_LOG_LIKELIHOOD, ll)

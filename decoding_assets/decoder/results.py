@@ -153,7 +153,9 @@ def results_coordinates(time: np.ndarray, environment: Environment) -> xr.Coordi
     return coords.assign(
         time=np.asarray(time, dtype=float),
         states=list(STATE_NAMES),
-        state_ind=("state_bins", np.repeat(np.arange(len(STATE_NAMES)), n_bins)),
+        # its own dimension, as the reference lays it out: on state_bins, the reference's
+        # load_results would take it for a third MultiIndex level
+        state_ind=("state_ind", np.repeat(np.arange(len(STATE_NAMES)), n_bins)),
         environments=("states", [environment.environment_name] * len(STATE_NAMES)),
         encoding_groups=("states", [0] * len(STATE_NAMES)),
     )
@@ -205,7 +207,19 @@ def position_posterior(results: xr.Dataset, name: str = "acausal_posterior") -> 
     posterior = results[name]
     if "state_bins" not in posterior.dims:
         return posterior
-    return posterior.unstack("state_bins").sum("state", min_count=1)
+    index = posterior.indexes["state_bins"]
+    shape = tuple(len(level) for level in index.levels)
+    in_c_order = int(np.prod(shape)) == len(index) and all(
+        np.array_equal(codes, expected)
+        for codes, expected in zip(index.codes, np.unravel_index(np.arange(len(index)), shape))
+    )
+    if not in_c_order:  # a layout we did not write: let xarray sort it out
+        return posterior.unstack("state_bins").sum("state", min_count=1)
+    # a reshape instead of unstack: the same values, without a copy per level
+    values = np.asarray(posterior.values).reshape(posterior.shape[0], *shape)
+    summed = np.where(np.isnan(values).all(axis=1), np.nan, np.nansum(values, axis=1))
+    axes = {level: np.asarray(index.levels[k + 1]) for k, level in enumerate(index.names[1:])}
+    return xr.DataArray(summed, coords={"time": posterior["time"].values, **axes}, dims=("time", *axes), name=name)
 
 
 class _StoredPosterior:
@@ -430,6 +444,8 @@ def load_results(path: str | os.PathLike) -> xr.Dataset:
 
 
 def _open(path: str | os.PathLike) -> xr.Dataset:
+    """netCDF4 (HDF5) as we and the reference with h5netcdf write it, or NetCDF3, which a
+    stock reference install writes (it has neither netCDF4 nor h5netcdf)."""
     if isinstance(path, str) and "://" in path:
         import fsspec
 
@@ -437,11 +453,26 @@ def _open(path: str | os.PathLike) -> xr.Dataset:
             handle = fsspec.open(path, "rb").open()
         except FileNotFoundError:
             raise FileNotFoundError(f"No decoding results file at {path}.") from None
-        return xr.open_dataset(handle, engine="h5netcdf")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No decoding results file at {path}.")
-    return xr.open_dataset(path, engine="h5netcdf")
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No decoding results file at {path}.")
+        with path.open("rb") as f:
+            signature = f.read(4)
+        handle = path  # h5py reads a path natively, far faster than through a Python file object
+    if not isinstance(handle, Path):
+        signature = handle.read(4)
+        handle.seek(0)
+    if signature[:3] == b"CDF":
+        return xr.open_dataset(handle, engine="scipy")
+    if signature != b"\x89HDF":
+        if not isinstance(handle, Path):
+            handle.close()
+        raise ValueError(
+            f"{path} is not a netCDF file (it starts with {signature!r}): it is not decoding results, "
+            "or it was cut short; decode again to rewrite it."
+        )
+    return xr.open_dataset(handle, engine="h5netcdf")
 
 
 def _format_attrs(keep: Keep, levels: list[str]) -> dict:

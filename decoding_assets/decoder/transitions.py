@@ -124,3 +124,26 @@ def backward(r: jnp.ndarray, transitions: Transitions) -> jnp.ndarray:
     from_continuous = D[0, 0] * walk + D[0, 1] * mean_fragmented * m
     from_fragmented = (D[1, 0] * mean_continuous + D[1, 1] * mean_fragmented) * m
     return jnp.stack([from_continuous, from_fragmented])
+
+
+def estimate_discrete_transition(
+    discrete: np.ndarray,
+    causal_state: np.ndarray,
+    predicted_state: np.ndarray,
+    acausal_state: np.ndarray,
+    concentration: float,
+) -> np.ndarray:
+    """The EM M step for the discrete transitions: a Dirichlet MAP estimate of D.
+
+    From the per-state probabilities (n_time, S) of the E step, the expected counts of
+    transitions s -> s' are
+
+        xi[s, s'] = sum_t D[s, s'] causal_t(s) acausal_{t+1}(s') / predicted_{t+1}(s')
+
+    (0 where predicted is 0), and D[s, :] ∝ xi[s, :] + concentration - 1.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isclose(predicted_state[1:], 0.0), 0.0, acausal_state[1:] / predicted_state[1:])
+    counts = (discrete[np.newaxis] * causal_state[:-1, :, np.newaxis] * ratio[:, np.newaxis, :]).sum(axis=0)
+    counts = counts + concentration - 1.0
+    return counts / counts.sum(axis=1, keepdims=True)

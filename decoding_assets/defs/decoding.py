@@ -95,7 +95,9 @@ def results_intact(catalog: Catalog, nwb_file_name: str, decoding, full=frozense
     """Check the files of a decoding partition's outputs against the catalog (the
     statuses are recorded there, so the next catalog sync shows a bad one as missing)."""
     problems, n_files = [], 0
-    for item in plan.plan_session(catalog, nwb_file_name, decoding, check_inputs=False):
+    with catalog.held():
+        planned = plan.plan_session(catalog, nwb_file_name, decoding, check_inputs=False)
+    for item in planned:
         if item.status not in ("decoded", "bad file"):
             continue
         checks = catalog.check_output(item.selection.merge_id, full=item.selection.merge_id in full)
@@ -162,7 +164,8 @@ def decode_partition(
             + "; ".join(f"{interval}: {message}" for interval, message in done.failed)
             + f". {len(done.decoded)} other(s) decoded and registered; materialize again to retry the rest."
         )
-    metadata = partition_metadata(cat, nwb_file_name, decoding)
+    with cat.held():
+        metadata = partition_metadata(cat, nwb_file_name, decoding)
     metadata.update(
         decoded_now=", ".join(r["decoding_interval"] for r in done.decoded) or "none (all decoded already)",
         run_seconds=float(sum(r["run_seconds"] for r in done.decoded)),

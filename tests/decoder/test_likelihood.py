@@ -55,9 +55,11 @@ def naive_log_likelihood(env, position_time, position, spike_times, marks, time,
             gpi = np.zeros(centers.shape[0])
         ground += np.maximum(gpi, 1e-15)
         for s, mark in zip(times, m):
-            if not (time[0] <= s < time[-1] + 1 / FS):
+            # the reference's binning: [time[i], time[i+1]), the last-but-one bin closed
+            # at time[-1], the last bin empty
+            if not (time[0] <= s <= time[-1]):
                 continue
-            i = np.searchsorted(time, s, side="right") - 1
+            i = min(np.searchsorted(time, s, side="right") - 1, time.size - 2)
             if enc.sum() == 0:
                 ll[i] += np.log(1e-15)
                 continue
@@ -89,7 +91,7 @@ def test_likelihood_equals_naive_loop(rng, dtype, tolerance):
     assert np.isfinite(ours).all()
 
 
-def test_missing_bins_have_zero_log_likelihood(rng):
+def test_missing_bins_have_the_references_log_likelihood_of_one(rng):
     position_time, position, spike_times, marks = small_session(rng)
     clf = ContFragClusterlessClassifier(Environment(), {"disable_progress_bar": True})
     clf.fit(position_time, position, spike_times, marks)
@@ -98,7 +100,7 @@ def test_missing_bins_have_zero_log_likelihood(rng):
     missing[100:300] = True
     ll = clf.compute_log_likelihood(time, spike_times, marks, is_missing=missing)
     interior = clf.environments.is_track_interior_.ravel()
-    assert np.all(ll[missing][:, interior] == 0.0)
+    assert np.all(ll[missing][:, interior] == 1.0)
     assert np.all(ll[~missing][:, interior] < 0.0)
 
 
@@ -112,3 +114,17 @@ def test_far_outlier_mark_does_not_give_log_zero(rng):
     far = [np.array([5.5]), np.array([[5000.0, 5000.0, 5000.0, 5000.0]])]
     ll = clf.compute_log_likelihood(time, [far[0], *spike_times[1:]], [far[1], *marks[1:]])
     assert np.isfinite(ll[:, clf.environments.is_track_interior_.ravel()]).all()
+
+
+def test_a_spike_at_the_last_bin_start_counts_in_the_bin_before_as_in_the_reference(rng):
+    position_time, position, spike_times, marks = small_session(rng)
+    clf = ContFragClusterlessClassifier(Environment(), {"disable_progress_bar": True})
+    clf.fit(position_time, position, spike_times[:1], marks[:1])
+    time = np.arange(5.0, 5.1, 1 / FS)
+    interior = clf.environments.is_track_interior_.ravel()
+    no_spikes = clf.compute_log_likelihood(time, [np.array([])], [np.zeros((0, 4))])[:, interior]
+    at_end = clf.compute_log_likelihood(time, [time[-1:]], [marks[0][:1]])[:, interior]
+    after_end = clf.compute_log_likelihood(time, [time[-1:] + 0.5 / FS], [marks[0][:1]])[:, interior]
+    changed = np.flatnonzero(np.any(at_end != no_spikes, axis=1))
+    np.testing.assert_array_equal(changed, [time.size - 2])
+    np.testing.assert_array_equal(after_end, no_spikes)  # beyond time[-1]: dropped

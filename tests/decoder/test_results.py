@@ -196,6 +196,47 @@ def test_a_version_1_file_still_loads(field, tmp_path):
         np.testing.assert_allclose(np.nansum(position, axis=(1, 2)), 1.0, atol=1e-5)
 
 
+def reference_layout(results: xr.Dataset) -> xr.Dataset:
+    """Results as the reference lays them out: acausal posterior and state probabilities,
+    ``state_ind`` on a dimension of its own, the marginal log likelihoods as an attribute."""
+    kept = results[["acausal_posterior", "acausal_state_probabilities"]]
+    kept.attrs = {"marginal_log_likelihoods": np.asarray(results.attrs["marginal_log_likelihoods"])}
+    return kept
+
+
+def test_a_netcdf3_file_of_the_reference_loads(field, tmp_path):
+    # a stock reference install has neither netCDF4 nor h5netcdf: its save_results (the
+    # MultiIndex reset, then to_netcdf) falls back to scipy's NetCDF3
+    reference = reference_layout(field.exact.isel(time=slice(0, 300)))
+    reference.reset_index("state_bins").to_netcdf(tmp_path / "reference.nc", engine="scipy")
+    assert (tmp_path / "reference.nc").read_bytes()[:3] == b"CDF"
+    with load_results(tmp_path / "reference.nc") as loaded:
+        assert list(loaded.indexes["state_bins"].names) == ["state", "x_position", "y_position"]
+        np.testing.assert_array_equal(loaded["acausal_posterior"].values, reference["acausal_posterior"].values)
+        assert position_posterior(loaded).dims == ("time", "x_position", "y_position")
+
+
+def test_the_reference_reads_our_files_into_its_own_layout(field, tmp_path):
+    path = save_results(field.exact.isel(time=slice(0, 300)), tmp_path / "ours.nc", Keep())
+    # the reference's load_results: every coordinate on state_bins becomes a level
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        theirs = ds.set_index(state_bins=list(ds["state_bins"].coords)).load()
+    assert list(theirs.indexes["state_bins"].names) == ["state", "x_position", "y_position"]
+    # its get_posterior-style sum gives (time, x, y) with the states summed, not a third level
+    posterior = theirs["acausal_posterior"].unstack("state_bins").sum("state")
+    assert posterior.dims == ("time", "x_position", "y_position")
+    # each stored value within 1e-5 (Keep's default): the sum within that per interior bin
+    bound = 1e-5 * 2 * field.interior.sum()
+    np.testing.assert_allclose(posterior.sum(("x_position", "y_position")).values, 1.0, atol=bound)
+    assert theirs["state_ind"].dims == ("state_ind",)
+
+
+def test_something_else_than_netcdf_is_refused_with_what_to_do(tmp_path):
+    (tmp_path / "cut.nc").write_bytes(b"\x00\x01 not netCDF")
+    with pytest.raises(ValueError, match=r"cut.nc is not a netCDF file .* decode again"):
+        load_results(tmp_path / "cut.nc")
+
+
 def test_a_newer_format_is_refused_with_what_to_do(field, tmp_path):
     path = save_results(field.exact.isel(time=slice(0, 10)), tmp_path / "new.nc", Keep())
     with xr.open_dataset(path, engine="h5netcdf") as ds:
