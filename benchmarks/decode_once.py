@@ -1,7 +1,8 @@
 """Fit and decode one simulated scenario with one implementation, in this process.
 
 Runs under either virtual environment: ours (``--impl ours``) or the reference's
-(``--impl reference``: non_local_detector 0.6.9). Reads the inputs that
+(``--impl reference``: non_local_detector 0.6.9), with either model (``--model contfrag``,
+the default, or ``nonlocal``: the non-local detector, given the animal's position). Reads the inputs that
 ``run_benchmarks.py`` wrote, times ``fit`` and two ``predict`` calls (the first one
 includes JIT compilation), records the process's peak resident memory, and writes
 the acausal posterior and state probabilities for the parity comparison.
@@ -12,6 +13,7 @@ the acausal posterior and state probabilities for the parity comparison.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import resource
 import sys
@@ -53,25 +55,22 @@ def main() -> None:
     parser.add_argument("--inputs", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--model", choices=["contfrag", "nonlocal"], default="contfrag")
     args = parser.parse_args()
+    name = "ContFragClusterlessClassifier" if args.model == "contfrag" else "NonLocalClusterlessDetector"
 
     inputs = dict(np.load(args.inputs))
     track = _track(inputs)
     params = {"position_std": 6.0, "waveform_std": 24.0, "block_size": 10_000, "disable_progress_bar": True}
-    if args.impl == "ours":
-        from decoding_assets.decoder import ContFragClusterlessClassifier, Environment
-
-        env = Environment(place_bin_size=2.0)
-        if track:
-            env = Environment(place_bin_size=2.0, track_graph=track[0], edge_order=track[1], edge_spacing=track[2])
-        clf = ContFragClusterlessClassifier(environments=env, clusterless_algorithm_params=params, device=args.device)
-    else:
-        from non_local_detector import ContFragClusterlessClassifier, Environment
-
-        env = Environment(place_bin_size=2.0)
-        if track:
-            env = Environment(place_bin_size=2.0, track_graph=track[0], edge_order=track[1], edge_spacing=track[2])
-        clf = ContFragClusterlessClassifier(environments=env, clusterless_algorithm_params=params)
+    # the same names in both packages: the reference's code ports by changing the import
+    package = importlib.import_module("decoding_assets.decoder" if args.impl == "ours" else "non_local_detector")
+    env = package.Environment(place_bin_size=2.0)
+    if track:
+        env = package.Environment(place_bin_size=2.0, track_graph=track[0], edge_order=track[1], edge_spacing=track[2])
+    options = {"device": args.device} if args.impl == "ours" else {}
+    clf = getattr(package, name)(environments=env, clusterless_algorithm_params=params, **options)
+    # the detector's Local state is the likelihood at the animal's position
+    position = {"position": inputs["position"], "position_time": inputs["position_time"]} if args.model == "nonlocal" else {}
 
     encode_times, encode_marks = _spikes(inputs, "spike")
     start = time.perf_counter()
@@ -83,7 +82,7 @@ def main() -> None:
     for _ in range(2):
         del results, posterior  # hold one result at a time, as a user decoding session after session would
         start = time.perf_counter()
-        results = clf.predict(encode_times, encode_marks, time=inputs["decode_time"])
+        results = clf.predict(encode_times, encode_marks, time=inputs["decode_time"], **position)
         posterior = np.asarray(results["acausal_posterior"].values)  # forces the work to finish
         predict_s.append(time.perf_counter() - start)
 
@@ -93,6 +92,7 @@ def main() -> None:
         acausal_posterior=posterior,
         acausal_state_probabilities=np.asarray(results["acausal_state_probabilities"].values, dtype=np.float64),
         place_bin_centers=np.asarray(clf.environments.place_bin_centers_ if args.impl == "ours" else env.place_bin_centers_),
+        n_point_states=np.array(2 if args.model == "nonlocal" else 0),
     )
     json.dump(
         {

@@ -33,7 +33,8 @@ SCENARIOS = {
     "w_track": ("w_track", 240.0, 60.0, 16),
     "smoke": ("open_field", 60.0, 10.0, 4),
 }
-REFERENCE_REQUIREMENTS = ["non_local_detector==0.6.9", "jax==0.4.38", "jaxlib==0.4.38", "pandas<3"]
+# h5netcdf[h5py]: without it the reference writes NetCDF3, and h5netcdf 1.8 no longer brings h5py
+REFERENCE_REQUIREMENTS = ["non_local_detector==0.6.9", "jax==0.4.38", "jaxlib==0.4.38", "pandas<3", "h5netcdf[h5py]"]
 
 
 def write_inputs(scenario: str, path: Path, seed: int) -> dict:
@@ -87,8 +88,9 @@ def ensure_venv(venv: Path, requirements: list[str]) -> Path:
     return python
 
 
-def run_once(python: str, impl: str, inputs: Path, output: Path, device: str | None) -> dict:
-    cmd = [str(python), str(HERE / "decode_once.py"), "--impl", impl, "--inputs", str(inputs), "--output", str(output)]
+def run_once(python: str, impl: str, inputs: Path, output: Path, device: str | None, model: str) -> dict:
+    cmd = [str(python), str(HERE / "decode_once.py"), "--impl", impl, "--inputs", str(inputs), "--output", str(output),
+           "--model", model]  # fmt: skip
     if device:
         cmd += ["--device", device]
     env = dict(os.environ)
@@ -100,6 +102,14 @@ def run_once(python: str, impl: str, inputs: Path, output: Path, device: str | N
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def position_posterior(output) -> np.ndarray:
+    """(time, bins): the acausal posterior summed over the states on the grid (the
+    detector's Local and No-Spike, one value each, come first and are left out)."""
+    posterior = np.nan_to_num(output["acausal_posterior"].astype(np.float64))
+    n_point = int(output["n_point_states"]) if "n_point_states" in output else 0
+    return posterior[:, n_point:].reshape(posterior.shape[0], 2, -1).sum(axis=1)
+
+
 def parity(ours: Path, reference: Path) -> dict:
     a, b = np.load(ours), np.load(reference)
     if not np.allclose(a["place_bin_centers"], b["place_bin_centers"]):
@@ -107,9 +117,7 @@ def parity(ours: Path, reference: Path) -> dict:
     pa, pb = a["acausal_posterior"].astype(np.float64), b["acausal_posterior"].astype(np.float64)
     same_nan = bool(np.array_equal(np.isnan(pa), np.isnan(pb)))
     diff = np.abs(np.nan_to_num(pa) - np.nan_to_num(pb))
-    n_time = pa.shape[0]
-    position_a = np.nan_to_num(pa).reshape(n_time, 2, -1).sum(axis=1)
-    position_b = np.nan_to_num(pb).reshape(n_time, 2, -1).sum(axis=1)
+    position_a, position_b = position_posterior(a), position_posterior(b)
     state_diff = np.abs(a["acausal_state_probabilities"] - b["acausal_state_probabilities"])[:-2]
     return {
         "same_grid": True,
@@ -124,8 +132,7 @@ def parity(ours: Path, reference: Path) -> dict:
 def decoding_error(output: Path, inputs: Path) -> float:
     """Median distance (cm) between the most probable decoded position and the true one."""
     out, data = np.load(output), np.load(inputs)
-    posterior = np.nan_to_num(out["acausal_posterior"]).reshape(out["acausal_posterior"].shape[0], 2, -1).sum(axis=1)
-    decoded = out["place_bin_centers"][posterior.argmax(axis=1)]
+    decoded = out["place_bin_centers"][position_posterior(out).argmax(axis=1)]
     return float(np.median(np.linalg.norm(decoded - data["true_position"], axis=1)))
 
 
@@ -142,6 +149,8 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--device", default=None, help="our decoder's device, e.g. gpu (the reference always runs on CPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=["contfrag", "nonlocal"], default="contfrag",
+                        help="the continuous/fragmented classifier, or the non-local detector")  # fmt: skip
     args = parser.parse_args()
 
     scenarios = [s for s in SCENARIOS if s != "smoke"] if args.scenario == "all" else [args.scenario]
@@ -154,6 +163,7 @@ def main() -> None:
             tmp = Path(tmp)
             inputs = tmp / "inputs.npz"
             info = write_inputs(scenario, inputs, args.seed)
+            info["model"] = args.model
             record = {"info": info, "ours": [], "reference": []}
             for repeat in range(args.repeats):
                 # alternate the order so neither implementation always runs on a warmer machine
@@ -162,7 +172,8 @@ def main() -> None:
                     if impl == "reference" and reference_python is None:
                         continue
                     python = sys.executable if impl == "ours" else reference_python
-                    run = run_once(python, impl, inputs, tmp / f"{impl}.npz", args.device if impl == "ours" else None)
+                    device = args.device if impl == "ours" else None
+                    run = run_once(python, impl, inputs, tmp / f"{impl}.npz", device, args.model)
                     print(f"{scenario} {impl} run {repeat + 1}: {run}", file=sys.stderr)
                     record[impl].append(run)
             record["ours_summary"] = summarize(record["ours"])
@@ -171,9 +182,15 @@ def main() -> None:
                 record["reference_summary"] = summarize(record["reference"])
                 record["reference_summary"]["median_error_cm"] = decoding_error(tmp / "reference.npz", inputs)
                 record["parity"] = parity(tmp / "ours.npz", tmp / "reference.npz")
-            (results_dir / f"{scenario}.json").write_text(json.dumps(record, indent=2))
+            suffix = "" if args.model == "contfrag" else f"_{args.model}"
+            (results_dir / f"{scenario}{suffix}.json").write_text(json.dumps(record, indent=2))
             rows.append(record)
     print(markdown_table(rows))
+
+
+def _label(row: dict) -> str:
+    model = row["info"].get("model", "contfrag")
+    return row["info"]["scenario"] + ("" if model == "contfrag" else f" ({model})")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -182,7 +199,7 @@ def markdown_table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        name = row["info"]["scenario"]
+        name = _label(row)
         for impl in ("reference", "ours"):
             s = row.get(f"{impl}_summary")
             if s:
@@ -203,11 +220,11 @@ def markdown_table(rows: list[dict]) -> str:
         p = row.get("parity")
         if p and p.get("same_grid"):
             lines.append(
-                f"| {row['info']['scenario']} | {p['posterior_max_abs_diff']:.2e} | {p['posterior_mean_abs_diff']:.2e} "
+                f"| {_label(row)} | {p['posterior_max_abs_diff']:.2e} | {p['posterior_mean_abs_diff']:.2e} "
                 f"| {100 * p['map_bin_agreement']:.3f} % | {p['state_probability_max_abs_diff']:.2e} |"
             )
         elif p:
-            lines.append(f"| {row['info']['scenario']} | grids differ | | | |")
+            lines.append(f"| {_label(row)} | grids differ | | | |")
     return "\n".join(lines)
 
 

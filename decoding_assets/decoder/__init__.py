@@ -1,9 +1,12 @@
-"""The clusterless continuous / fragmented decoder: a plain library (no Dagster, no DuckDB).
+"""The clusterless decoders (continuous / fragmented, and the non-local detector): a plain
+library (no Dagster, no DuckDB).
 
-    from decoding_assets.decoder import ContFragClusterlessClassifier, Environment
+    from decoding_assets.decoder import ContFragClusterlessClassifier, NonLocalClusterlessDetector, Environment
 """
 
-from .classifier import ContFragClusterlessClassifier, resolve_device
+from .classifier import ContFragClusterlessClassifier
+from .clusterless import resolve_device
+from .detector import NonLocalClusterlessDetector
 from .environment import Environment
 from .results import KEEP_EVERYTHING, RESULTS_FORMAT_VERSION, Keep, load_results, position_posterior, save_results
 
@@ -12,6 +15,7 @@ __all__ = [
     "Environment",
     "KEEP_EVERYTHING",
     "Keep",
+    "NonLocalClusterlessDetector",
     "RESULTS_FORMAT_VERSION",
     "load_results",
     "position_posterior",

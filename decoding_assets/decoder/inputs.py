@@ -18,12 +18,16 @@ class DecodingInputs(NamedTuple):
     is_missing : (n_time,) bool, bins whose spikes are ignored.
     spike_times : per electrode group (n_e,) sorted spike times.
     marks : per electrode group (n_e, n_features) waveform features, in spike order.
+    position_time, position : the animal's tracked position samples, (n_pos,) and
+        (n_pos, n_dims) as given (models with a Local state; None otherwise).
     """
 
     time: np.ndarray
     is_missing: np.ndarray
     spike_times: list[np.ndarray]
     marks: list[np.ndarray]
+    position_time: np.ndarray | None = None
+    position: np.ndarray | None = None
 
 
 def check_positive(name: str, value) -> None:
@@ -142,6 +146,45 @@ def missing_bins(time: np.ndarray, is_missing=None, position=None, position_time
         raise ValueError(f"position has {position.shape[0]} rows but position_time has {position_time.shape[0]}.")
     sample = np.clip(np.searchsorted(position_time, time, side="right") - 1, 0, position.shape[0] - 1)
     return missing | untracked[sample]
+
+
+def tracked_position(time: np.ndarray, position, position_time, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """The tracked samples of a position given at ``time`` or at ``position_time``:
+    (n,) times and (n, n_dims) positions, NaN rows dropped (interpolation runs across
+    them; their bins are missing anyway)."""
+    if position is None:
+        raise ValueError(
+            f"The {model} needs the animal's position to decode (its Local state is the likelihood at the "
+            "animal's position): give position (and position_time, if it is not sampled at time)."
+        )
+    position = np.asarray(position, dtype=float)
+    position = position[:, np.newaxis] if position.ndim == 1 else position
+    if position_time is None or len(position_time) != position.shape[0]:
+        if position.shape[0] != time.shape[0]:
+            raise ValueError(f"position has {position.shape[0]} rows but time has {time.shape[0]} bins.")
+        position_time = time
+    position_time = np.asarray(position_time, dtype=float).ravel()
+    tracked = ~np.any(np.isnan(position), axis=1)
+    if tracked.sum() < 2:
+        raise ValueError("position has fewer than two tracked samples: the Local state needs the animal's position.")
+    return position_time[tracked], position[tracked]
+
+
+def interpolate_position(position_time: np.ndarray, position: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Linear interpolation of each position column at times ``at``, extrapolated
+    linearly beyond the first and last samples (as the reference interpolates)."""
+    columns = []
+    for d in range(position.shape[1]):
+        values = np.interp(at, position_time, position[:, d])
+        before, after = at < position_time[0], at > position_time[-1]
+        if before.any():
+            slope = (position[1, d] - position[0, d]) / (position_time[1] - position_time[0])
+            values[before] = position[0, d] + slope * (at[before] - position_time[0])
+        if after.any():
+            slope = (position[-1, d] - position[-2, d]) / (position_time[-1] - position_time[-2])
+            values[after] = position[-1, d] + slope * (at[after] - position_time[-1])
+        columns.append(values)
+    return np.column_stack(columns)
 
 
 def spike_time_bins(spike_times: np.ndarray, time: np.ndarray, bounds: list[int]) -> tuple[np.ndarray, np.ndarray]:

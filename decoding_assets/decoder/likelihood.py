@@ -26,6 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import logsumexp
 
 EPS = 1e-15
 LOG_EPS = float(np.log(EPS))
@@ -352,3 +353,130 @@ def log_likelihood_rows(
     missing = np.zeros(n_rows, dtype=bool)
     missing[: stop - start] = is_missing[start:stop]
     return jnp.where(jnp.asarray(missing)[:, jnp.newaxis], MISSING_LOG_LIKELIHOOD, ll)
+
+
+# ---------------------------------------------------------------------- states of one bin
+#
+# The non-local detector's Local state is the likelihood at the animal's own position
+# p_t (interpolated at each bin and at each spike), from the same encoding model but
+# evaluated at a point instead of on the grid:
+#
+#     LL_local(t) = sum_e [ sum_{spikes k of e in bin t} max(log(lambda_e dens_e(p_k, m_k) / occ(p_k)), log 1e-15)
+#                           - lambda_e gpi_e(p_t) / occ(p_t) ]
+#
+# with occ(p) = mean over training samples of K_x(p - pos), gpi_e(p) = mean_j K_x(p - x_j)
+# and dens_e(p, m) = mean_j K_x(p - x_j) K_m(m - m_j). Its No-Spike state is a Poisson
+# process of a tiny rate r per bin on every electrode group:
+#
+#     LL_no_spike(t) = sum_e (n_e,t log r - r),      r = no_spike_rate * median bin width.
+
+
+@jax.jit
+def _log_position_kernel_block(points, samples, valid, std):
+    """log K_x(p - s) for a block: points (B, D), samples (S, D) -> (B, S), -inf on padding."""
+    squared = jnp.zeros((points.shape[0], samples.shape[0]), points.dtype)
+    for d in range(points.shape[1]):  # one (B, S) array per dimension, never (B, S, D)
+        squared = squared + ((points[:, d, jnp.newaxis] - samples[jnp.newaxis, :, d]) / std[d]) ** 2
+    log_kernel = -0.5 * squared - jnp.sum(jnp.log(std * jnp.sqrt(2.0 * jnp.pi)))
+    return jnp.where(valid[jnp.newaxis, :], log_kernel, -jnp.inf)
+
+
+@jax.jit
+def _weighted_density_block(points, samples, weights, std):
+    """sum_s weights_s K_x(p - s) for a block of points: (B,)."""
+    valid = weights != 0
+    return jnp.exp(_log_position_kernel_block(points, samples, valid, std)) @ weights
+
+
+def density_at(points: np.ndarray, samples: np.ndarray, weights: np.ndarray, std: np.ndarray, dtype) -> np.ndarray:
+    """sum_s weights_s K_x(p - s) at each point: (n_points,) float64, in fixed-size
+    blocks of points and samples (one compiled shape). points (n, D); samples (S, D)."""
+    total = np.zeros(points.shape[0])
+    if not samples.shape[0] or not points.shape[0]:
+        return total
+    std = jnp.asarray(std, dtype=dtype)
+    rows = min(_SAMPLE_BLOCK, 1 << max(5, (points.shape[0] - 1).bit_length()))  # few points: a small block
+    for i in range(0, points.shape[0], rows):
+        block, _ = _pad_rows(points[i : i + rows], rows)
+        block = jnp.asarray(block, dtype=dtype)
+        for j in range(0, samples.shape[0], _SAMPLE_BLOCK):
+            chunk, _ = _pad_rows(samples[j : j + _SAMPLE_BLOCK], _SAMPLE_BLOCK)
+            chunk_weights, _ = _pad_rows(weights[j : j + _SAMPLE_BLOCK], _SAMPLE_BLOCK)
+            part = _weighted_density_block(block, jnp.asarray(chunk, dtype), jnp.asarray(chunk_weights, dtype), std)
+            total[i : i + rows] += np.asarray(part, dtype=np.float64)[: min(rows, points.shape[0] - i)]
+    return total
+
+
+@jax.jit
+def _local_spike_terms(positions, marks, encoding_positions, encoding_marks, encoding_valid, position_std, log_scale):
+    """log(lambda_e mean_j K_x(p_k - x_j) K_m(m_k - m_j)) for a block of spikes: (B,).
+
+    positions (B, D) and marks (B, F) of the spikes (marks scaled as ``DecodingSpikes``);
+    encoding_* padded to E rows; log_scale as ``DecodingSpikes.log_scale``.
+    """
+    log_position = _log_position_kernel_block(positions, encoding_positions, encoding_valid, position_std)
+    squared = (
+        jnp.sum(marks**2, axis=1)[:, jnp.newaxis]
+        + jnp.sum(encoding_marks**2, axis=1)[jnp.newaxis, :]
+        - 2.0 * marks @ encoding_marks.T
+    )
+    return logsumexp(log_position - 0.5 * jnp.maximum(squared, 0.0), axis=1) + log_scale
+
+
+def local_log_likelihood(
+    encoding: Encoding,
+    training_positions: np.ndarray,
+    spikes: list[DecodingSpikes],
+    spike_positions: list[np.ndarray],
+    bin_positions: np.ndarray,
+    position_std: np.ndarray,
+    dtype,
+) -> np.ndarray:
+    """LL_local(t) for every time bin: (n_time,) float64.
+
+    spike_positions[e] : (n_kept, D) the animal's position at each kept spike of group e
+    (decoding coordinates); bin_positions : (n_time, D) at each bin.
+    """
+    n_time = bin_positions.shape[0]
+    occupancy = density_at(bin_positions, training_positions, np.full(training_positions.shape[0],
+                           1.0 / training_positions.shape[0]), position_std, dtype)  # fmt: skip
+    rates = [
+        np.full(e.positions.shape[0], e.mean_rate / e.positions.shape[0]) for e in encoding.electrodes if e.positions.size
+    ]
+    ground = np.zeros(n_time)
+    if rates:
+        samples = np.concatenate([e.positions for e in encoding.electrodes if e.positions.size])
+        ground = density_at(bin_positions, samples, np.concatenate(rates), position_std, dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ll = -np.where(occupancy > 0, ground / occupancy, 0.0)
+    std = jnp.asarray(position_std, dtype=dtype)
+    for item, positions in zip(spikes, spike_positions):
+        if not item.bins.size:
+            continue
+        if item.encoding_positions is None:
+            np.add.at(ll, item.bins, LOG_EPS)
+            continue
+        terms = np.empty(item.bins.size)
+        for start in range(0, item.bins.size, _SAMPLE_BLOCK):
+            block = slice(start, min(start + _SAMPLE_BLOCK, item.bins.size))
+            padded_positions, _ = _pad_rows(positions[block], _SAMPLE_BLOCK)
+            padded_marks, _ = _pad_rows(item.marks[block], _SAMPLE_BLOCK)
+            values = _local_spike_terms(
+                jnp.asarray(padded_positions, dtype), jnp.asarray(padded_marks, dtype), item.encoding_positions,
+                item.encoding_marks, item.encoding_valid, std, item.log_scale,
+            )  # fmt: skip
+            terms[block] = np.asarray(values, dtype=np.float64)[: block.stop - block.start]
+        at_spike = density_at(positions, training_positions, np.full(training_positions.shape[0],
+                              1.0 / training_positions.shape[0]), position_std, dtype)  # fmt: skip
+        with np.errstate(divide="ignore"):
+            terms = np.maximum(terms - np.log(at_spike), LOG_EPS)
+        np.add.at(ll, item.bins, terms)
+    return ll
+
+
+def no_spike_log_likelihood(spike_bins: list[np.ndarray], n_time: int, rate_per_bin: float) -> np.ndarray:
+    """LL_no_spike(t) = sum_e (n_e,t log r - r): (n_time,) float64. spike_bins[e] : (n_kept,)."""
+    counts = np.zeros(n_time)
+    for bins in spike_bins:
+        counts += np.bincount(bins, minlength=n_time)[:n_time]
+    return counts * np.log(rate_per_bin) - len(spike_bins) * rate_per_bin

@@ -4,10 +4,14 @@ to open, stable across versions of this package).
 Contents: attributes ``model`` (the class name), ``parameters`` (the model's
 ``to_dict()`` JSON) and ``model_format_version``; the fitted grid (``edges_<d>``,
 ``is_track_interior``), ``occupancy``, ``summed_ground_process_intensity``,
-``initial_conditions``, ``discrete_state_transitions``, and per electrode group its
-``mean_rate``, ``n_encoding_spikes`` and ``n_features``, with every group's encoding
-spikes concatenated in ``encoding_positions`` and ``encoding_marks`` (NaN-padded to the
-widest group).
+``initial_conditions`` (over the state bins, laid out as the results are),
+``discrete_state_transitions``, and per electrode group its ``mean_rate``,
+``n_encoding_spikes`` and ``n_features``, with every group's encoding spikes
+concatenated in ``encoding_positions`` and ``encoding_marks`` (NaN-padded to the widest
+group); for a model with a Local state, the ``training_positions`` its occupancy at the
+animal's position is computed from.
+
+Version 1 (ContFrag only) kept ``initial_conditions`` as (state, bin); it is read too.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import xarray as xr
 from ..files import atomic_write
 from .likelihood import ElectrodeEncoding, Encoding
 
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
 
 
 def save_model(model, path: str | os.PathLike) -> Path:
@@ -46,7 +50,7 @@ def save_model(model, path: str | os.PathLike) -> Path:
         "is_track_interior": (grid_dims, env.is_track_interior_.astype(np.int8)),
         "occupancy": ("bin", model.occupancy_),
         "summed_ground_process_intensity": ("bin", model.summed_ground_process_intensity_),
-        "initial_conditions": (("state", "bin"), model.initial_conditions_),
+        "initial_conditions": ("state_bin", model.initial_conditions_),
         "discrete_state_transitions": (("state", "to_state"), model.discrete_state_transitions_),
         "mean_rate": ("electrode", np.array([enc.mean_rate for enc in electrodes], dtype=float)),
         "n_encoding_spikes": ("electrode", counts),
@@ -56,6 +60,8 @@ def save_model(model, path: str | os.PathLike) -> Path:
     }
     for d, edges in enumerate(env.edges_):
         data[f"edges_{d}"] = (f"edge_{d}", edges)
+    if model.training_positions_ is not None:
+        data["training_positions"] = (("training_sample", "position_dim"), model.training_positions_)
     attrs = {
         "model_format_version": MODEL_FORMAT_VERSION,
         "model": type(model).__name__,
@@ -101,7 +107,8 @@ def load_model(cls, path: str | os.PathLike, device=None):
         row += count
     model._set_fitted(
         Encoding(ds["occupancy"].values, electrodes, ds["summed_ground_process_intensity"].values),
-        ds["initial_conditions"].values,
+        ds["initial_conditions"].values.ravel(),  # version 1: (state, bin), state-major as the results
         ds["discrete_state_transitions"].values,
+        ds["training_positions"].values if "training_positions" in ds else None,
     )
     return model

@@ -63,14 +63,42 @@ MAX_ERROR_EXPECTED = (
 
 
 @dataclass(frozen=True)
+class StateLayout:
+    """A model's discrete states in the order of its results: the ``n_point`` states of
+    one bin each (no position) first, then the states on the spatial grid."""
+
+    names: tuple[str, ...]
+    n_point: int = 0
+
+    @property
+    def n_grid(self) -> int:
+        return len(self.names) - self.n_point
+
+    def width(self, n_bins: int) -> int:
+        """Values per time bin of a per-state posterior."""
+        return self.n_point + self.n_grid * n_bins
+
+    def interior_columns(self, interior: np.ndarray) -> np.ndarray:
+        """Columns of a per-state posterior that hold probability: every point state and
+        the interior bins of every grid state. interior : (n_bins,) bool."""
+        grid = np.flatnonzero(np.tile(interior, self.n_grid)) + self.n_point
+        return np.concatenate([np.arange(self.n_point), grid])
+
+
+CONTINUOUS_FRAGMENTED = StateLayout(STATE_NAMES)
+
+
+@dataclass(frozen=True)
 class Keep:
     """What a decode keeps in its results file.
 
     causal_posterior : also the filter's (causal) posterior; the acausal (smoothed) one
         is always kept, as the reference keeps it by default.
     per_state : the posterior per discrete state, (time, state_bins), the reference's
-        layout; False sums it over the states: (time, x_position, y_position) in 2D,
-        (time, position) in 1D. The state probabilities are kept either way.
+        layout; False sums it over the states on the grid: (time, x_position,
+        y_position) in 2D, (time, position) in 1D (a state of one bin, such as the
+        non-local detector's Local, has no position: its probability is in the state
+        probabilities). The state probabilities are kept either way.
     max_error : None keeps the posteriors exactly as computed (float32, or float64 for a
         float64 decoder); a number stores each posterior value within that absolute
         error of the computed one, in 16 bits (from ``MIN_MAX_ERROR``, about 7.75e-6, to
@@ -132,32 +160,44 @@ def is_max_error(value) -> bool:
     )
 
 
-def state_bins_index(environment: Environment) -> pd.MultiIndex:
-    """(state, *position levels) for every (state, bin), state-major, bins in C order."""
+def position_level_names(environment: Environment) -> list[str]:
+    n_dims = environment.place_bin_centers_.shape[1]
+    return ["position"] if n_dims == 1 else [f"{axis}_position" for axis in "xyzw"[:n_dims]]
+
+
+def state_bins_index(environment: Environment, layout: StateLayout = CONTINUOUS_FRAGMENTED) -> pd.MultiIndex:
+    """(state, *position levels) for every (state, bin): the point states first (one
+    entry each, position NaN, as the reference lays them out), then each grid state's
+    bins in C order."""
     centers = environment.place_bin_centers_
     n_bins = centers.shape[0]
-    states = np.repeat(np.asarray(STATE_NAMES), n_bins)
-    if centers.shape[1] == 1:
-        names = ["position"]
-    else:
-        names = [f"{axis}_position" for axis in "xyzw"[: centers.shape[1]]]
-    levels = [np.tile(centers[:, d], len(STATE_NAMES)) for d in range(centers.shape[1])]
-    return pd.MultiIndex.from_arrays([states, *levels], names=["state", *names])
+    names = np.asarray(layout.names)
+    states = np.concatenate([names[: layout.n_point], np.repeat(names[layout.n_point :], n_bins)])
+    levels = [
+        np.concatenate([np.full(layout.n_point, np.nan), np.tile(centers[:, d], layout.n_grid)])
+        for d in range(centers.shape[1])
+    ]
+    return pd.MultiIndex.from_arrays([states, *levels], names=["state", *position_level_names(environment)])
 
 
-def results_coordinates(time: np.ndarray, environment: Environment) -> xr.Coordinates:
+def results_coordinates(
+    time: np.ndarray, environment: Environment, layout: StateLayout = CONTINUOUS_FRAGMENTED
+) -> xr.Coordinates:
     """time, the state_bins MultiIndex, states, and the reference's extra coordinates."""
-    index = state_bins_index(environment)
+    index = state_bins_index(environment, layout)
     n_bins = environment.place_bin_centers_.shape[0]
     coords = xr.Coordinates.from_pandas_multiindex(index, "state_bins")
+    state_ind = np.concatenate(
+        [np.arange(layout.n_point), np.repeat(np.arange(layout.n_point, len(layout.names)), n_bins)]
+    )
     return coords.assign(
         time=np.asarray(time, dtype=float),
-        states=list(STATE_NAMES),
+        states=list(layout.names),
         # its own dimension, as the reference lays it out: on state_bins, the reference's
         # load_results would take it for a third MultiIndex level
-        state_ind=("state_ind", np.repeat(np.arange(len(STATE_NAMES)), n_bins)),
-        environments=("states", [environment.environment_name] * len(STATE_NAMES)),
-        encoding_groups=("states", [0] * len(STATE_NAMES)),
+        state_ind=("state_ind", state_ind),
+        environments=("states", [environment.environment_name] * len(layout.names)),
+        encoding_groups=("states", [0] * len(layout.names)),
     )
 
 
@@ -169,10 +209,11 @@ def make_results(
     acausal_state_probabilities: np.ndarray,
     causal_state_probabilities: np.ndarray,
     marginal_log_likelihoods: list[float],
+    layout: StateLayout = CONTINUOUS_FRAGMENTED,
 ) -> xr.Dataset:
     """Wrap decoder outputs without copying the posteriors.
 
-    acausal_posterior, causal_posterior : (n_time, n_states * n_bins) float32, NaN
+    acausal_posterior, causal_posterior : (n_time, layout.width(n_bins)) float32, NaN
         outside the track. *_state_probabilities : (n_time, n_states).
     """
     return xr.Dataset(
@@ -182,7 +223,7 @@ def make_results(
             "acausal_state_probabilities": (("time", "states"), acausal_state_probabilities),
             "causal_state_probabilities": (("time", "states"), causal_state_probabilities),
         },
-        coords=results_coordinates(time, environment),
+        coords=results_coordinates(time, environment, layout),
         attrs={
             "marginal_log_likelihood": float(marginal_log_likelihoods[-1]),
             "marginal_log_likelihoods": np.asarray(marginal_log_likelihoods, dtype=float),
@@ -192,7 +233,7 @@ def make_results(
 
 def position_coordinates(environment: Environment) -> dict[str, np.ndarray]:
     """The grid's axes, named as the state_bins levels: {x_position, y_position} or {position}."""
-    names = list(state_bins_index(environment).names)[1:]
+    names = position_level_names(environment)
     shape = environment.centers_shape_
     grid = environment.place_bin_centers_.reshape(*shape, len(names))
     return {
@@ -202,12 +243,18 @@ def position_coordinates(environment: Environment) -> dict[str, np.ndarray]:
 
 
 def position_posterior(results: xr.Dataset, name: str = "acausal_posterior") -> xr.DataArray:
-    """The posterior over position, summed over the states: (time, x_position,
-    y_position) or (time, position), NaN outside the track, whichever form was kept."""
+    """The posterior over position, summed over the states on the grid: (time,
+    x_position, y_position) or (time, position), NaN outside the track, whichever form
+    was kept. (States of one bin, such as the non-local detector's Local, have no
+    position: their probability is in the state probabilities.)"""
     posterior = results[name]
     if "state_bins" not in posterior.dims:
         return posterior
     index = posterior.indexes["state_bins"]
+    on_grid = np.all(np.stack(index.codes[1:]) >= 0, axis=0)  # a point state's position is NaN
+    if not on_grid.all():
+        posterior = posterior.isel(state_bins=np.flatnonzero(on_grid))
+        index = posterior.indexes["state_bins"].remove_unused_levels()
     shape = tuple(len(level) for level in index.levels)
     in_c_order = int(np.prod(shape)) == len(index) and all(
         np.array_equal(codes, expected)
@@ -315,10 +362,11 @@ def streaming_results(
     dtype,
     keep: Keep = KEEP_EVERYTHING,
     interval_labels: np.ndarray | None = None,
+    layout: StateLayout = CONTINUOUS_FRAGMENTED,
 ):
     """A results file the decoder writes into as it goes (for sessions too long to hold).
 
-    Yields ``(causal, acausal, finish)``: two sinks taking (rows, n_states * n_bins)
+    Yields ``(causal, acausal, finish)``: two sinks taking (rows, layout.width(n_bins))
     blocks of computed posterior by row slices (the causal one reads them back, exact,
     for the smoother), and ``finish(state_probabilities, attrs)`` to call once they are
     filled. The file keeps what ``keep`` says, in ``save_results``'s format, and appears
@@ -328,8 +376,8 @@ def streaming_results(
 
     path = Path(path)
     n_time, n_bins = len(time), environment.place_bin_centers_.shape[0]
-    n_states = len(STATE_NAMES)
-    coords = results_coordinates(time, environment)
+    coords = results_coordinates(time, environment, layout)
+    levels = position_level_names(environment)
     if interval_labels is not None:
         coords = coords.assign(interval_labels=("time", np.asarray(interval_labels)))
     skeleton = xr.Dataset(coords=coords)
@@ -337,15 +385,16 @@ def streaming_results(
         skeleton = skeleton.reset_index("state_bins")
         dims, encode = ("time", "state_bins"), _encoder(keep, dtype, None)
     else:
-        skeleton = skeleton.drop_vars(["state_bins", *state_bins_index(environment).names, "state_ind"])
+        skeleton = skeleton.drop_vars(["state_bins", "state", *levels, "state_ind"])
         axes = position_coordinates(environment)
         skeleton = skeleton.assign_coords(axes)
-        dims, encode = ("time", *axes), _encoder(keep, dtype, (n_states, *environment.centers_shape_))
-    skeleton.attrs = _format_attrs(keep, list(state_bins_index(environment).names) if keep.per_state else [])
-    interior = np.flatnonzero(np.tile(environment.is_track_interior_.ravel(), n_states))
+        summed = (layout.n_point, layout.n_grid, *environment.centers_shape_)
+        dims, encode = ("time", *axes), _encoder(keep, dtype, summed)
+    skeleton.attrs = _format_attrs(keep, ["state", *levels] if keep.per_state else [])
+    columns = layout.interior_columns(environment.is_track_interior_.ravel())
     with atomic_write(path) as tmp:
         skeleton.to_netcdf(tmp, engine="h5netcdf", encoding=_time_encoding(skeleton))
-        scratch = _Scratch(path, n_states * n_bins, interior, dtype)
+        scratch = _Scratch(path, layout.width(n_bins), columns, dtype)
         try:
             with h5netcdf.File(tmp, "a") as f:
                 names = ["acausal_posterior", *(["causal_posterior"] if keep.causal_posterior else [])]
@@ -483,13 +532,14 @@ def _format_attrs(keep: Keep, levels: list[str]) -> dict:
 
 
 def _encoder(keep: Keep, dtype, summed_shape: tuple[int, ...] | None):
-    """Computed rows -> stored rows: summed over the states (when ``summed_shape`` is
-    (n_states, *grid)), then quantized or cast."""
+    """Computed rows -> stored rows: summed over the grid states (when ``summed_shape``
+    is (n_point, n_grid, *grid)), then quantized or cast."""
     levels = keep.levels
 
     def encode(values: np.ndarray) -> np.ndarray:
         if summed_shape is not None:
-            values = values.reshape(values.shape[0], *summed_shape).sum(axis=1)  # NaN outside the track stays
+            n_point, n_grid, *grid = summed_shape
+            values = values[:, n_point:].reshape(values.shape[0], n_grid, *grid).sum(axis=1)  # NaN outside stays
         if levels is None:
             return values.astype(dtype, copy=False)
         scaled = np.rint(np.clip(values.astype(np.float64) * levels, 0.0, levels))

@@ -1,21 +1,27 @@
-"""State transitions, applied as operators; the (2N x 2N) matrix is never built.
+"""State transitions, applied as operators; the full transition matrix is never built.
 
-The state is p with shape (2, *grid_shape): discrete state (Continuous=0,
-Fragmented=1) by spatial bin, zero outside the track interior. The full transition is
+The state is a ``States`` pair: ``point`` (K,), the probability of the states that have
+one bin each (the non-local detector's Local and No-Spike; none for ContFrag), and
+``grid`` (G, *grid_shape), the states that live on the spatial grid (zero outside the
+track interior). With S = K + G discrete states and D the (S, S) discrete transition
+matrix (rows from, columns to),
 
     A[(s, i) -> (s', j)] = D[s, s'] * T_{s s'}[i, j]
 
-with T_00 a Gaussian random walk restricted to interior bins and row-normalized, and
-every other block uniform over the N interior bins.
+where T into a point state is 1 (all of s's mass goes to its one bin); T from the first
+grid state to itself is a Gaussian random walk restricted to interior bins and
+row-normalized; and T into a grid state otherwise is uniform over its N interior bins.
+ContFrag: K = 0, grid states (Continuous, Fragmented). The non-local detector: K = 2
+(Local, No-Spike), grid states (Non-Local Continuous, Non-Local Fragmented).
 
 Random walk. With G[i, j] = prod_d g_d(c_i,d - c_j,d) (a Gaussian of variance
 ``movement_var`` per axis) and m the interior mask,
 
-    T_00[i, j] = m_i m_j G[i, j] / Z_i,        Z = G (m)        (row normalizers)
+    T_walk[i, j] = m_i m_j G[i, j] / Z_i,        Z = G (m)        (row normalizers)
 
 so the forward (prediction) and backward (smoothing) products are
 
-    (p T_00)_j = m_j  (G (p / Z))_j,           (T_00 r)_i = (G (m r))_i / Z_i.
+    (p T_walk)_j = m_j  (G (p / Z))_j,           (T_walk r)_i = (G (m r))_i / Z_i.
 
 G is separable, so G x is one small (n_d x n_d) matrix product per axis. On a 1D
 track the single axis kernel holds the Gaussian of the graph distance instead.
@@ -33,13 +39,24 @@ import numpy as np
 from .environment import Environment
 
 
+class States(NamedTuple):
+    """A distribution (or any function) over the discrete states and their bins.
+
+    point : (K,) the states of one bin each.
+    grid : (G, *grid_shape) the states on the spatial grid.
+    """
+
+    point: jnp.ndarray
+    grid: jnp.ndarray
+
+
 class Transitions(NamedTuple):
     """Everything the filter and smoother need to apply A.
 
     axis_kernels : tuple of (n_d, n_d) arrays, one per grid axis (symmetric).
     interior : (*grid_shape,) float mask, 1 inside the track.
     inverse_normalizer : (*grid_shape,) 1 / Z at interior bins, 0 elsewhere.
-    discrete : (2, 2) discrete transition matrix D (rows sum to 1).
+    discrete : (S, S) discrete transition matrix D (rows sum to 1), point states first.
     n_interior : () number of interior bins N.
     """
 
@@ -96,34 +113,51 @@ def make_transitions(
     )
 
 
-def predict(p: jnp.ndarray, transitions: Transitions) -> jnp.ndarray:
+def state_masses(p: States) -> jnp.ndarray:
+    """(S,) the probability of each discrete state."""
+    grid_axes = tuple(range(1, p.grid.ndim))
+    return jnp.concatenate([p.point, p.grid.sum(axis=grid_axes)])
+
+
+def predict(p: States, transitions: Transitions) -> States:
     """One-step prediction q = p A.
 
-    p : (2, *grid_shape) distribution over (state, bin).
-    returns q : (2, *grid_shape).
+    Into point state k: q_k = sum_s D[s, k] mass_s. Into grid state g: uniform with
+    mass sum_s D[s, g] mass_s, except that the first grid state's own mass moves by the
+    random walk.
     """
     D, m = transitions.discrete, transitions.interior
-    walk = m * apply_axis_kernels(transitions.axis_kernels, p[0] * transitions.inverse_normalizer)
+    n_point = p.point.shape[0]
+    mass = state_masses(p)
+    walk = m * apply_axis_kernels(transitions.axis_kernels, p.grid[0] * transitions.inverse_normalizer)
+    into_grid = mass @ D[:, n_point:]  # (G,) as if every transition into a grid state were uniform
+    stays = D[n_point, n_point] * mass[n_point]
+    into_grid = into_grid.at[0].add(-stays)
     uniform = m / transitions.n_interior
-    mass_continuous, mass_fragmented = p[0].sum(), p[1].sum()
-    to_continuous = D[0, 0] * walk + D[1, 0] * mass_fragmented * uniform
-    to_fragmented = (D[0, 1] * mass_continuous + D[1, 1] * mass_fragmented) * uniform
-    return jnp.stack([to_continuous, to_fragmented])
+    grid = into_grid.reshape(-1, *(1,) * m.ndim) * uniform
+    grid = grid.at[0].add(D[n_point, n_point] * walk)
+    return States(mass @ D[:, :n_point], grid)
 
 
-def backward(r: jnp.ndarray, transitions: Transitions) -> jnp.ndarray:
-    """The transposed product b = A r used by the smoother.
+def backward(r: States, transitions: Transitions) -> States:
+    """The transposed product b = A r used by the smoother:
+    b[s, i] = sum_{s', j} A[(s, i) -> (s', j)] r[s', j].
 
-    r : (2, *grid_shape) ratio of smoothed to predicted probabilities.
-    returns b : (2, *grid_shape), b[s, i] = sum_{s', j} A[(s, i) -> (s', j)] r[s', j].
+    Every target but the walk gives each source bin one number: r of a point state, the
+    interior mean of r for a uniform grid state. The first grid state's own term is the
+    walk, per bin.
     """
     D, m = transitions.discrete, transitions.interior
-    walk = transitions.inverse_normalizer * apply_axis_kernels(transitions.axis_kernels, m * r[0])
-    mean_continuous = (m * r[0]).sum() / transitions.n_interior
-    mean_fragmented = (m * r[1]).sum() / transitions.n_interior
-    from_continuous = D[0, 0] * walk + D[0, 1] * mean_fragmented * m
-    from_fragmented = (D[1, 0] * mean_continuous + D[1, 1] * mean_fragmented) * m
-    return jnp.stack([from_continuous, from_fragmented])
+    n_point = r.point.shape[0]
+    grid_axes = tuple(range(1, r.grid.ndim))
+    means = (m * r.grid).sum(axis=grid_axes) / transitions.n_interior
+    value = jnp.concatenate([r.point, means])  # (S,) what reaching each state is worth
+    from_state = D @ value
+    stays = D[n_point, n_point]
+    walk = transitions.inverse_normalizer * apply_axis_kernels(transitions.axis_kernels, m * r.grid[0])
+    grid = from_state[n_point:].reshape(-1, *(1,) * m.ndim) * m
+    grid = grid.at[0].add(stays * (walk - means[0] * m))
+    return States(from_state[:n_point], grid)
 
 
 def estimate_discrete_transition(
@@ -132,6 +166,7 @@ def estimate_discrete_transition(
     predicted_state: np.ndarray,
     acausal_state: np.ndarray,
     concentration: float,
+    stickiness=0.0,
 ) -> np.ndarray:
     """The EM M step for the discrete transitions: a Dirichlet MAP estimate of D.
 
@@ -140,10 +175,14 @@ def estimate_discrete_transition(
 
         xi[s, s'] = sum_t D[s, s'] causal_t(s) acausal_{t+1}(s') / predicted_{t+1}(s')
 
-    (0 where predicted is 0), and D[s, :] ∝ xi[s, :] + concentration - 1.
+    (0 where predicted is 0). With the Dirichlet prior alpha[s, s'] = concentration +
+    stickiness[s] [s = s'] (stickiness: a number or one per state),
+    D[s, :] ∝ xi[s, :] + alpha[s, :] - 1.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.isclose(predicted_state[1:], 0.0), 0.0, acausal_state[1:] / predicted_state[1:])
     counts = (discrete[np.newaxis] * causal_state[:-1, :, np.newaxis] * ratio[:, np.newaxis, :]).sum(axis=0)
-    counts = counts + concentration - 1.0
+    n_states = discrete.shape[0]
+    alpha = concentration + np.diag(np.broadcast_to(np.asarray(stickiness, dtype=float), (n_states,)))
+    counts = counts + alpha - 1.0
     return counts / counts.sum(axis=1, keepdims=True)

@@ -120,6 +120,22 @@ def test_fitted_model_saves_and_loads(open_field_session, open_field_fit, tmp_pa
     )
 
 
+def test_a_version_1_model_file_still_loads(open_field_fit, tmp_path):
+    import xarray as xr
+
+    clf, _, _ = open_field_fit
+    path = clf.save_model(tmp_path / "model.nc")
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        old = ds.load()
+    # as version 1 wrote it: the initial conditions per (state, bin)
+    old["initial_conditions"] = (("state", "bin"), old["initial_conditions"].values.reshape(2, -1))
+    old.attrs["model_format_version"] = 1
+    old.to_netcdf(tmp_path / "v1.nc", engine="h5netcdf")
+    loaded = ContFragClusterlessClassifier.load_model(tmp_path / "v1.nc")
+    np.testing.assert_array_equal(loaded.initial_conditions_, clf.initial_conditions_)
+    assert loaded.initial_conditions_.shape == (2 * clf.n_bins_,)
+
+
 def test_w_track_decodes_the_running_animal(w_track_session):
     s = w_track_session
     is_training, decode_time = split(s, 120.0)

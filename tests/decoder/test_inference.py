@@ -42,25 +42,27 @@ def test_chunked_filter_and_smoother_equal_dense(rng):
 
     with jax.enable_x64(True):
         ops = tr.make_transitions(env, MOVEMENT_VAR, DISCRETE, dtype=jnp.float64)
-        prior = jnp.asarray(initial.reshape(2, *grid))
+        prior = tr.States(jnp.zeros(0), jnp.asarray(initial.reshape(2, *grid)))
         causal, marginal = [], 0.0
         starts = range(0, n_time, chunk)
         padded = np.zeros((len(starts) * chunk, n))
         padded[:n_time] = log_likelihood
         for start in starts:
             valid = jnp.arange(start, start + chunk) < n_time
-            (prior, m), (c, _) = inference.filter_chunk(ops, prior, jnp.asarray(padded[start : start + chunk].reshape(chunk, *grid)), valid)
+            ll = tr.States(jnp.zeros((chunk, 0)), jnp.asarray(padded[start : start + chunk].reshape(chunk, *grid)))
+            (prior, m), (c, _) = inference.filter_chunk(ops, prior, ll, valid)
             marginal += float(m)
-            causal.append(np.asarray(c))
+            causal.append(np.asarray(c.grid))
         causal = np.concatenate(causal)
         acausal = [None] * len(starts)
-        carry = jnp.zeros((2, *grid))
+        carry = tr.States(jnp.zeros(0), jnp.zeros((2, *grid)))
         for k in reversed(range(len(starts))):
             index = np.arange(starts[k], starts[k] + chunk)
             carry, a = inference.smoother_chunk(
-                ops, carry, jnp.asarray(causal[index]), jnp.asarray(index == n_time - 1), jnp.asarray(index < n_time)
+                ops, carry, tr.States(jnp.zeros((chunk, 0)), jnp.asarray(causal[index])),
+                jnp.asarray(index == n_time - 1), jnp.asarray(index < n_time),
             )
-            acausal[k] = np.asarray(a)
+            acausal[k] = np.asarray(a.grid)
         acausal = np.concatenate(acausal)[:n_time].reshape(n_time, 2 * n)
         causal = causal[:n_time].reshape(n_time, 2 * n)
 

@@ -63,9 +63,9 @@ def operator_matrix(environment, movement_var, discrete=DISCRETE):
     n = 2 * int(np.prod(grid))
     with jax.enable_x64(True):
         ops = tr.make_transitions(environment, movement_var, np.asarray(discrete, dtype=float), dtype=jnp.float64)
-        unit = jnp.eye(n, dtype=jnp.float64).reshape(n, 2, *grid)
-        rows = jax.vmap(lambda p: tr.predict(p, ops))(unit)
-        columns = jax.vmap(lambda r: tr.backward(r, ops))(unit)
+        unit = tr.States(jnp.zeros((n, 0)), jnp.eye(n, dtype=jnp.float64).reshape(n, 2, *grid))
+        rows = jax.vmap(lambda p: tr.predict(p, ops))(unit).grid
+        columns = jax.vmap(lambda r: tr.backward(r, ops))(unit).grid
     return np.asarray(rows).reshape(n, n), np.asarray(columns).reshape(n, n).T
 
 

@@ -44,8 +44,9 @@ def compare(environment: Environment, gaussian: np.ndarray, rng, dtype=np.float6
     r = rng.random((2, n)) * 3 * interior
     with jax.enable_x64(dtype == np.float64):
         ops = tr.make_transitions(environment, MOVEMENT_VAR, DISCRETE, dtype=dtype)
-        forward = np.asarray(tr.predict(p.reshape(2, *grid).astype(dtype), ops)).reshape(2 * n)
-        backward = np.asarray(tr.backward(r.reshape(2, *grid).astype(dtype), ops)).reshape(2 * n)
+        none = np.zeros(0, dtype=dtype)  # ContFrag has no state of one bin
+        forward = np.asarray(tr.predict(tr.States(none, p.reshape(2, *grid).astype(dtype)), ops).grid).reshape(2 * n)
+        backward = np.asarray(tr.backward(tr.States(none, r.reshape(2, *grid).astype(dtype)), ops).grid).reshape(2 * n)
     expected_forward = p.reshape(2 * n) @ dense
     expected_backward = dense @ r.reshape(2 * n)
     assert np.abs(forward - expected_forward).max() <= tolerance * np.abs(expected_forward).max()
@@ -107,3 +108,45 @@ def test_track_graph_matches_dense(rng):
     gaussian = np.exp(-0.5 * distance**2 / MOVEMENT_VAR) / np.sqrt(2 * np.pi * MOVEMENT_VAR)
     assert (~env.is_track_interior_).sum() == 2  # the two gaps between arms
     compare(env, gaussian, rng)
+
+
+def test_the_detectors_four_states_match_dense(rng):
+    """Local and No-Spike (one bin each) then Non-Local Continuous (random walk from
+    itself) and Non-Local Fragmented: A built entry by entry, states of one bin first."""
+    from decoding_assets.decoder.detector import DEFAULT_DISCRETE_TRANSITION as D
+
+    env = grid_with_holes()
+    interior = env.is_track_interior_.ravel()
+    m, n = interior.astype(float), interior.size
+    walk = euclidean_gaussian(env.place_bin_centers_) * m[:, None] * m[None, :]
+    rows = walk.sum(axis=1, keepdims=True)
+    walk = np.divide(walk, rows, out=np.zeros_like(walk), where=rows > 0)
+    # a block per (from, to): into a one-bin state, every bin's mass; into a grid state,
+    # uniform over the interior, but the random walk from Non-Local Continuous to itself
+    size = [1, 1, n, n]
+    blocks = [[None] * 4 for _ in range(4)]
+    for s in range(4):
+        for t in range(4):
+            if t < 2:
+                block = np.ones((size[s], 1))
+            elif s == t == 2:
+                block = walk
+            else:
+                block = np.ones((size[s], 1)) * (m / m.sum())[None, :]
+            if s >= 2:  # no mass leaves a bin outside the track
+                block = block * m[:, None]
+            blocks[s][t] = D[s, t] * block
+    dense = np.block(blocks)
+    p = np.concatenate([rng.random(2), rng.random(2 * n) * np.tile(m, 2)])
+    p /= p.sum()
+    r = np.concatenate([rng.random(2), rng.random(2 * n) * 3 * np.tile(m, 2)])
+    grid = env.centers_shape_
+    with jax.enable_x64(True):
+        ops = tr.make_transitions(env, MOVEMENT_VAR, D, dtype=np.float64)
+        forward = tr.predict(tr.States(p[:2], p[2:].reshape(2, *grid)), ops)
+        backward = tr.backward(tr.States(r[:2], r[2:].reshape(2, *grid)), ops)
+    forward = np.concatenate([np.asarray(forward.point), np.asarray(forward.grid).ravel()])
+    backward = np.concatenate([np.asarray(backward.point), np.asarray(backward.grid).ravel()])
+    np.testing.assert_allclose(forward, p @ dense, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(backward, dense @ r, rtol=1e-10, atol=1e-14)
+    assert forward.sum() == pytest.approx(1.0, rel=1e-12)
