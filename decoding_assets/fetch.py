@@ -23,7 +23,7 @@ import xarray as xr
 
 from catalog import Catalog, DecodeSources, storage
 
-from .decoder import ContFragClusterlessClassifier, Environment, load_results
+from .decoder import Environment, load_model, load_results
 from .pipeline import read_features
 from .position import load_position, upsample_position_group
 
@@ -37,11 +37,12 @@ def fetch_results(catalog: Catalog, merge_id: str, verify: str = "fast") -> xr.D
     return load_results(catalog.verify_output(merge_id, full=_full(verify))["path"])
 
 
-def fetch_model(catalog: Catalog, merge_id: str, device=None, verify: str = "fast") -> ContFragClusterlessClassifier:
-    """The fitted classifier the decode used."""
+def fetch_model(catalog: Catalog, merge_id: str, device=None, verify: str = "fast"):
+    """The fitted model the decode used (a ``ContFragClusterlessClassifier`` or a
+    ``NonLocalClusterlessDetector``)."""
     output = catalog.verify_output(merge_id, full=_full(verify))
     with _local_copy(output["model_path"]) as path:
-        return ContFragClusterlessClassifier.load_model(path, device=device)
+        return load_model(path, device=device)
 
 
 def fetch_environments(catalog: Catalog, merge_id: str, verify: str = "fast") -> Environment:

@@ -834,13 +834,16 @@ def _decode_into(
             # the exact causal posterior at interior bins (the smoother reads it back from a
             # temporary beside the file), plus what is kept of the posteriors uncompressed
             size = np.dtype(model._out_dtype).itemsize
-            n_interior = int(model.environments.is_track_interior_.sum())
-            kept = (1 + keep.causal_posterior) * (2 if keep.per_state else 1) * model.n_bins_
-            bound = labels.size * (2 * n_interior * size + kept * (size if keep.max_error is None else 2))
+            layout, interior = model.layout, model.environments.is_track_interior_.ravel()
+            kept = (1 + keep.causal_posterior) * (layout.width(model.n_bins_) if keep.per_state else model.n_bins_)
+            scratch = layout.interior_columns(interior).size
+            bound = labels.size * (scratch * size + kept * (size if keep.max_error is None else 2))
+            # the non-local detector's Local state is the likelihood at the animal's position
+            where = {"position": position, "position_time": position_time} if model.needs_position else {}
             with _room_for(bound, path, selection, merge_id):
                 model.predict_to_file(
                     local, inputs.spike_times, inputs.spike_waveform_features, np.concatenate(pieces),
-                    interval_labels=labels, attrs=attrs, keep=keep,
+                    interval_labels=labels, attrs=attrs, keep=keep, **where,
                 )  # fmt: skip
         with _room_for(0, model_path, selection, merge_id):
             model.save_model(local_model)
@@ -910,7 +913,8 @@ def summarize_results(results, position: pd.DataFrame, position_variables: list[
     """Read a (lazily opened) decode a block of rows at a time and measure:
 
     - ``median_decoding_error_cm``: median distance between the most probable decoded
-      position and the tracked one, over bins with tracking (on a track: along it);
+      position (of the states on the grid: the detector's non-local states) and the
+      tracked one, over bins with tracking (on a track: along it);
     - ``max_posterior_sum_error``: the largest |sum of a bin's posterior - 1|, of the
       posterior as computed (a file that keeps it within a bound records it; a stored
       bin sums to 1 only within the bound times its number of bins);
@@ -920,7 +924,10 @@ def summarize_results(results, position: pd.DataFrame, position_variables: list[
     """
     env = model.environments
     posterior = results["acausal_posterior"]
-    n_states = results.sizes["states"] if "state_bins" in posterior.dims else 1
+    per_state = "state_bins" in posterior.dims
+    # per state: the states of one bin (the detector's Local, No-Spike) first, then the grid's
+    n_point = model.layout.n_point if per_state else 0
+    n_grid = model.layout.n_grid if per_state else 1
     interior = env.is_track_interior_.ravel()
     time = results["time"].values
     # never across a pause between the position group's epochs, nor a tracking gap
@@ -930,11 +937,12 @@ def summarize_results(results, position: pd.DataFrame, position_variables: list[
     actual = env.to_decoding_position(tracked)
     errors, worst_sum, n_nan = [], 0.0, 0
     for start in range(0, time.size, rows):
-        block = np.asarray(posterior[start : start + rows].values)
-        block = block.reshape(block.shape[0], n_states, -1)
-        worst_sum = max(worst_sum, float(np.max(np.abs(np.nansum(block, axis=(1, 2)) - 1.0))))
-        n_nan += int(np.isnan(block[:, :, interior]).sum())
-        flat = np.nan_to_num(block).sum(axis=1)
+        values = np.asarray(posterior[start : start + rows].values)
+        values = values.reshape(values.shape[0], -1)
+        point, block = values[:, :n_point], values[:, n_point:].reshape(values.shape[0], n_grid, -1)
+        worst_sum = max(worst_sum, float(np.max(np.abs(np.nansum(values, axis=1) - 1.0))))
+        n_nan += int(np.isnan(block[:, :, interior]).sum() + np.isnan(point).sum())
+        flat = np.nan_to_num(block).sum(axis=1)  # the most probable position of the states on the grid
         decoded = env.place_bin_centers_[flat.argmax(axis=1)]
         here = actual[start : start + rows]
         ok = ~np.isnan(here).any(axis=1)

@@ -14,7 +14,7 @@ import yaml
 
 from catalog import Catalog, CatalogError, DecodingSelection
 from decoding_assets import pipeline
-from decoding_assets.models import check_decoding_params, store_decoding_params
+from decoding_assets.models import check_decoding_params, decoding_model, store_decoding_params
 from decoding_assets.nwb import NWBReadError, RawPosition, read_raw_position, read_waveform_features
 from decoding_assets.position import check_position_params, process_position
 from decoding_assets.waveforms import check_features_params
@@ -227,7 +227,16 @@ BAD_ENTRIES = [
     ("decoding_params", "wide", {"discrete_transition_diag": 1.5},
      r"decoding_params 'wide': discrete_transition_diag must be a probability, a number in \[0, 1\]; got 1.5\."),
     ("decoding_params", "wide", {"position_sd": 6.0},
-     r"decoding_params 'wide': Unknown decoding parameter\(s\) \['position_sd'\]; known: \['block_size', "),
+     r"decoding_params 'wide': Unknown decoding parameter\(s\) \['position_sd'\] for model 'contfrag'; known: "
+     r"\['block_size', "),
+    ("decoding_params", "replay", {"model": "non_local_detector", "discrete_transition_diag": 0.9},
+     r"decoding_params 'replay': Unknown decoding parameter\(s\) \['discrete_transition_diag'\] for model "
+     r"'non_local_detector'; known: .*'discrete_transition_matrix'"),
+    ("decoding_params", "replay", {"model": "non_local_detector", "discrete_initial_conditions": [0.5, 0.5]},
+     r"decoding_params 'replay': discrete_initial_conditions must be four probabilities summing to 1 \(Local, "
+     r"No-Spike, Non-Local Continuous, Non-Local Fragmented\); got \[0.5, 0.5\]\."),
+    ("decoding_params", "replay", {"model": "nonlocal"},
+     r"decoding_params 'replay': model: expected one of \['contfrag', 'non_local_detector'\]; got 'nonlocal'\."),
     ("position_params", "slow", {"max_plausible_speed": "fast"},
      r"position_params 'slow': max_plausible_speed must be a positive number \(cm/s\); got 'fast'\."),
     ("position_params", "slow", {"arena_bounds_cm": [0, 100]},
@@ -278,6 +287,12 @@ def test_the_checkers_name_the_key_and_value():
     assert complete["clusterless_algorithm_params"]["position_std"] == 12.0
     assert complete["environments"]["place_bin_size"] == 4.0
     assert check_decoding_params(complete) == complete
+    # the non-local detector's: marked with its model, complete too
+    detector = check_decoding_params({"model": "non_local_detector", "no_spike_rate": 1e-9})
+    assert detector["model"] == "non_local_detector" and detector["no_spike_rate"] == 1e-9
+    assert detector["discrete_transition_stickiness"] == [30.0, 100_000.0, 30.0, 200.0]
+    assert check_decoding_params(detector) == detector
+    assert type(decoding_model(detector)).__name__ == "NonLocalClusterlessDetector"
 
 
 def test_definitions_with_a_bad_configuration_fail_to_load_naming_the_key(tmp_path):

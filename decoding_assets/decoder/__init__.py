@@ -5,7 +5,7 @@ library (no Dagster, no DuckDB).
 """
 
 from .classifier import ContFragClusterlessClassifier
-from .clusterless import resolve_device
+from .clusterless import load_model, resolve_device
 from .detector import NonLocalClusterlessDetector
 from .environment import Environment
 from .results import KEEP_EVERYTHING, RESULTS_FORMAT_VERSION, Keep, load_results, position_posterior, save_results
@@ -17,6 +17,7 @@ __all__ = [
     "Keep",
     "NonLocalClusterlessDetector",
     "RESULTS_FORMAT_VERSION",
+    "load_model",
     "load_results",
     "position_posterior",
     "resolve_device",

@@ -36,6 +36,17 @@ DEFAULT_CLUSTERLESS_ALGORITHM_PARAMS = {
 _MAX_SPIKE_BLOCK = 512
 
 
+MODELS: dict[str, type] = {}  # every model class by name, for load_model
+
+
+def load_model(path: str | os.PathLike, device=None):
+    """A fitted model from a file ``save_model`` wrote, of whichever class it was."""
+    name = model_files.saved_model_name(path)
+    if name not in MODELS:
+        raise ValueError(f"{path} holds a {name}, which this version does not know; known: {sorted(MODELS)}.")
+    return MODELS[name].load_model(path, device=device)
+
+
 class ClusterlessDecoder:
     """The shared part of the clusterless models (not used on its own).
 
@@ -47,6 +58,10 @@ class ClusterlessDecoder:
     layout: StateLayout
     # the animal's position at decoding time is an input (a Local state)
     needs_position: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODELS[cls.__name__] = cls
 
     def __init__(
         self,
@@ -373,7 +388,12 @@ class ClusterlessDecoder:
         if max_iter < 1:
             raise ValueError("max_iter must be at least 1.")
         self.fit(position_time, position, spike_times, spike_waveform_features, is_training=is_training)
-        decode = self._decoding_inputs(time, spike_times, spike_waveform_features, is_missing, position, position_time)
+        # as the reference: only is_missing marks bins missing here (the position is the
+        # encoding's, and the Local state's where there is one)
+        decode = self._decoding_inputs(time, spike_times, spike_waveform_features, is_missing)
+        if self.needs_position:
+            where = inputs.tracked_position(decode.time, position, position_time)
+            decode = decode._replace(position_time=where[0], position=where[1])
         n_time, width = decode.time.shape[0], self.layout.width(self.n_bins_)
         bounds = inputs.interval_bounds(np.zeros(n_time))
         cache: dict = {}
@@ -532,8 +552,8 @@ class ClusterlessDecoder:
                     f"{encoding.marks.shape[1]} were used to fit."
                 )
         tracked_time = tracked = None
-        if self.needs_position:
-            tracked_time, tracked = inputs.tracked_position(time, position, position_time, type(self).__name__)
+        if self.needs_position and position is not None:
+            tracked_time, tracked = inputs.tracked_position(time, position, position_time)
         return inputs.DecodingInputs(time, missing, spike_times, marks, tracked_time, tracked)
 
     # ------------------------------------------------------------------ persistence

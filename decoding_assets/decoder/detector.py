@@ -145,6 +145,11 @@ class NonLocalClusterlessDetector(ClusterlessDecoder):
 
     def _point_log_likelihood(self, decode: inputs.DecodingInputs, spike_bins: list, dtype):
         """Local and No-Spike for every bin, computed once per decode: (n_time, 2)."""
+        if decode.position is None:
+            raise ValueError(
+                "The NonLocalClusterlessDetector needs the animal's position to decode (its Local state is the "
+                "likelihood at the animal's position): give position (and position_time, if it is not sampled at time)."
+            )
         env = self.environments
         n_time = decode.time.shape[0]
         waveform_std = self.clusterless_algorithm_params["waveform_std"]

@@ -148,15 +148,10 @@ def missing_bins(time: np.ndarray, is_missing=None, position=None, position_time
     return missing | untracked[sample]
 
 
-def tracked_position(time: np.ndarray, position, position_time, model: str) -> tuple[np.ndarray, np.ndarray]:
+def tracked_position(time: np.ndarray, position, position_time) -> tuple[np.ndarray, np.ndarray]:
     """The tracked samples of a position given at ``time`` or at ``position_time``:
     (n,) times and (n, n_dims) positions, NaN rows dropped (interpolation runs across
     them; their bins are missing anyway)."""
-    if position is None:
-        raise ValueError(
-            f"The {model} needs the animal's position to decode (its Local state is the likelihood at the "
-            "animal's position): give position (and position_time, if it is not sampled at time)."
-        )
     position = np.asarray(position, dtype=float)
     position = position[:, np.newaxis] if position.ndim == 1 else position
     if position_time is None or len(position_time) != position.shape[0]:

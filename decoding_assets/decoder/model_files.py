@@ -72,6 +72,15 @@ def save_model(model, path: str | os.PathLike) -> Path:
     return path
 
 
+def saved_model_name(path: str | os.PathLike) -> str:
+    """The class name of the model a file holds."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No saved model at {path}.")
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return str(ds.attrs.get("model", "ContFragClusterlessClassifier"))
+
+
 def load_model(cls, path: str | os.PathLike, device=None):
     """Read a model of class ``cls`` written by ``save_model``."""
     path = Path(path)

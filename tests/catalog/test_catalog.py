@@ -1,6 +1,7 @@
 """The catalog API on a real DuckDB file and on a real PostgreSQL server, with real NWB
 files."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -130,6 +131,27 @@ def test_fetch_helpers(decoded):
     again = model.predict(times, features, results["time"].values)
     np.testing.assert_allclose(again["acausal_posterior"].values, results["acausal_posterior"].values, atol=2e-5)
     results.close()
+
+
+def test_the_non_local_detector_decodes_through_the_pipeline(decoded):
+    """The default configuration's non_local_clusterless parameter set: the detector
+    decodes a trial with the animal's position from the position group, its file has the
+    four states, and its fitted model comes back as a detector."""
+    cat, name, _ = decoded
+    config = pipeline.load_config()
+    replay = dataclasses.replace(config["decodings"][0], name="replay", decoding_param_name="non_local_clusterless")
+    merge_id = pipeline.select(cat, name, "epoch2_block1_trial1", replay)
+    pipeline.decode(cat, merge_id)
+    with fetch_results(cat, merge_id) as results:
+        states = ["Local", "No-Spike", "Non-Local Continuous", "Non-Local Fragmented"]
+        assert list(results["states"].values) == states
+        probabilities = results["acausal_state_probabilities"].values
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        assert probabilities[0, 0] > 0.99  # the defaults start in Local
+        assert np.isfinite(results["acausal_posterior"].values[:, :2]).all()
+        model = fetch_model(cat, merge_id)
+        assert type(model).__name__ == "NonLocalClusterlessDetector"
+        assert cat.fetch_decoding_params("non_local_clusterless")["model"] == "non_local_detector"
 
 
 def test_cleanup_spares_referenced_and_foreign_files(decoded, tmp_path):
