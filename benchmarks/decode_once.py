@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--device", default=None)
     parser.add_argument("--model", choices=["contfrag", "nonlocal"], default="contfrag")
+    parser.add_argument("--compilation-cache", help="ours: JAX's persistent compilation cache (as the pipeline keeps one)")
     args = parser.parse_args()
     name = "ContFragClusterlessClassifier" if args.model == "contfrag" else "NonLocalClusterlessDetector"
 
@@ -64,6 +65,8 @@ def main() -> None:
     params = {"position_std": 6.0, "waveform_std": 24.0, "block_size": 10_000, "disable_progress_bar": True}
     # the same names in both packages: the reference's code ports by changing the import
     package = importlib.import_module("decoding_assets.decoder" if args.impl == "ours" else "non_local_detector")
+    if args.compilation_cache:
+        package.enable_compilation_cache(args.compilation_cache)
     env = package.Environment(place_bin_size=2.0)
     if track:
         env = package.Environment(place_bin_size=2.0, track_graph=track[0], edge_order=track[1], edge_spacing=track[2])

@@ -69,17 +69,6 @@ DEFAULT_CONFIG = Path(__file__).with_name("decoding_configs.yaml")
 # ---------------------------------------------------------------------- configuration
 
 
-def enable_compilation_cache(folder: str | Path) -> None:
-    """Keep JAX's compiled decoder on disk: every Dagster run is a new process, and
-    without this each one spends seconds recompiling the same code."""
-    import jax
-
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
 # rules that choose a session's interval lists, beside globs over their names
 INTERVAL_RULES = ("{run_epochs}", "{sleep_epochs}", "{epochs}", "{trials}")
 # rules that choose the encoding interval from the decoding interval, beside a name

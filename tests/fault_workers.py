@@ -19,12 +19,13 @@ import sys
 
 from catalog import Catalog
 from decoding_assets import pipeline, plan
+from decoding_assets.decoder import enable_compilation_cache
 
 
 def main(argv: list[str]) -> int:
     location, output_dir, config_path, nwb_file_name, jax_cache, *intervals = argv
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    pipeline.enable_compilation_cache(jax_cache)
+    enable_compilation_cache(jax_cache)
     decoding = pipeline.load_config(config_path)["decodings"][0]
     done = plan.decode_session(Catalog(location, output_dir), nwb_file_name, decoding, intervals=intervals or None)
     decoded = {record["decoding_interval"]: record["path"] for record in done.decoded}

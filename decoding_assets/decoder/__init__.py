@@ -5,7 +5,7 @@ library (no Dagster, no DuckDB).
 """
 
 from .classifier import ContFragClusterlessClassifier
-from .clusterless import load_model, resolve_device
+from .clusterless import enable_compilation_cache, load_model, resolve_device
 from .detector import NonLocalClusterlessDetector
 from .environment import Environment
 from .results import KEEP_EVERYTHING, RESULTS_FORMAT_VERSION, Keep, load_results, position_posterior, save_results
@@ -16,6 +16,7 @@ __all__ = [
     "KEEP_EVERYTHING",
     "Keep",
     "NonLocalClusterlessDetector",
+    "enable_compilation_cache",
     "RESULTS_FORMAT_VERSION",
     "load_model",
     "load_results",

@@ -596,6 +596,18 @@ def _json_number(value):
     return float(value) if value.ndim == 0 else value.tolist()
 
 
+def enable_compilation_cache(folder: str | os.PathLike) -> None:
+    """Keep JAX's compiled decoder in ``folder`` (opt-in; the pipeline does it in its
+    home): a new process then loads the compiled filter, smoother and likelihood
+    instead of spending seconds compiling them. Compiled code depends on the shapes of a
+    decode (grid, chunk lengths, encoding sizes), so the first decode of a new shape
+    still compiles, once."""
+    Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def resolve_device(device) -> jax.Device:
     """None -> JAX's default; "cpu", "gpu"/"cuda", "gpu:1", an index, or a Device.
 

@@ -204,25 +204,28 @@ class Environment:
         follows the graph and enters through an end of the other.
         """
         ordered = self._ordered_edges()
-        graph_distance = dict(nx.all_pairs_dijkstra_path_length(self.track_graph, weight="distance"))
+        nodes = list(self.track_graph.nodes)
+        number = {node: k for k, node in enumerate(nodes)}
+        between = np.full((len(nodes), len(nodes)), np.inf)  # shortest paths between the graph's nodes
+        for source, row in nx.all_pairs_dijkstra_path_length(self.track_graph, weight="distance"):
+            for target, length in row.items():
+                between[number[source], number[target]] = length
         index, offset = self.bin_edge_index_, self.bin_edge_offset_
-        n = len(index)
-        distance = np.full((n, n), np.inf)
-        on_track = index >= 0
-        # distance from each bin to each end node of its own edge
+        on_track = np.flatnonzero(index >= 0)
         lengths = np.array([_edge_length(self.track_graph, u, v) for u, v in ordered])
-        to_start = np.where(on_track, offset, np.nan)
-        to_end = np.where(on_track, lengths[np.maximum(index, 0)] - offset, np.nan)
-        for a in np.flatnonzero(on_track):
-            ua, va = ordered[index[a]]
-            for b in np.flatnonzero(on_track):
-                ub, vb = ordered[index[b]]
-                best = abs(offset[a] - offset[b]) if index[a] == index[b] else np.inf
-                for end_a, da in ((ua, to_start[a]), (va, to_end[a])):
-                    row = graph_distance[end_a]
-                    for end_b, db in ((ub, to_start[b]), (vb, to_end[b])):
-                        best = min(best, da + row.get(end_b, np.inf) + db)
-                distance[a, b] = best
+        # each bin's two ways off its edge: through its start node, and through its end node
+        ends = np.array([[number[u], number[v]] for u, v in ordered])[index[on_track]]
+        to_ends = np.column_stack([offset[on_track], lengths[index[on_track]] - offset[on_track]])
+        best = np.full((on_track.size, on_track.size), np.inf)
+        for i in range(2):
+            for j in range(2):
+                via = to_ends[:, i, np.newaxis] + between[np.ix_(ends[:, i], ends[:, j])] + to_ends[np.newaxis, :, j]
+                best = np.minimum(best, via)
+        same_edge = index[on_track][:, np.newaxis] == index[on_track][np.newaxis, :]
+        along = np.abs(offset[on_track][:, np.newaxis] - offset[on_track][np.newaxis, :])
+        best = np.where(same_edge, np.minimum(best, along), best)
+        distance = np.full((len(index), len(index)), np.inf)
+        distance[np.ix_(on_track, on_track)] = best
         return distance
 
     def to_dict(self) -> dict:

@@ -214,18 +214,15 @@ def add_constant_spike_terms(log_likelihood: jnp.ndarray, bin_index: jnp.ndarray
 def spike_blocks(n_spikes: int, max_block: int) -> list[tuple[int, int]]:
     """(first row, padded size) of each block of decoding spikes.
 
-    Full blocks of ``max_block`` rows, then the remainder padded to a power of two (at
-    least 32): few compiled shapes, and never more than the tail block is padding.
+    Full blocks of ``max_block`` rows, then the remainder padded to a multiple of 64:
+    a few compiled shapes, and at most 63 rows of padding.
     """
     blocks, start = [], 0
     while n_spikes - start >= max_block:
         blocks.append((start, max_block))
         start += max_block
     if start < n_spikes:
-        size = 32
-        while size < n_spikes - start:
-            size *= 2
-        blocks.append((start, min(size, max_block)))
+        blocks.append((start, min(-(-(n_spikes - start) // 64) * 64, max_block)))
     return blocks
 
 
@@ -278,8 +275,6 @@ def prepare_decoding_spikes(
 
     spike_bins[e] : (kept (n_e,) bool, bins (n_kept,)) from ``inputs.spike_time_bins``.
     """
-    # every electrode padded to one size: one compiled likelihood for all of them
-    n_padded = encoding_bucket(max((e.marks.shape[0] for e in encoding.electrodes), default=1))
     prepared = []
     for electrode, (kept, bins), group_marks in zip(encoding.electrodes, spike_bins, marks):
         n_encoding, n_features = electrode.marks.shape
@@ -289,6 +284,9 @@ def prepare_decoding_spikes(
         if not n_encoding:
             prepared.append(DecodingSpikes(bins, scaled, None, None, None, None))
             continue
+        # each electrode padded to its own bucket: electrodes of similar size share a
+        # compiled shape, and none computes on another's padding
+        n_padded = encoding_bucket(n_encoding)
         enc_marks, valid = _pad_rows((electrode.marks - center) / std, n_padded)
         enc_positions, _ = _pad_rows(electrode.positions, n_padded)
         log_scale = np.log(electrode.mean_rate / n_encoding) - np.sum(np.log(std * np.sqrt(2 * np.pi)))

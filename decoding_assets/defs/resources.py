@@ -20,7 +20,7 @@ from typing import Optional
 import dagster as dg
 
 from catalog import Catalog, storage
-from decoding_assets.pipeline import enable_compilation_cache
+from decoding_assets.decoder import enable_compilation_cache
 
 from .runs import record_run_process
 

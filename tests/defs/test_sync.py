@@ -187,4 +187,4 @@ def test_parameter_sets_stored_in_python_appear_in_the_instance(demo_copy):
         _tick(instance, demo_copy)
         metadata = instance.fetch_materializations(dg.AssetKey("parameter_sets"), limit=1).records[0]
         listed = metadata.asset_materialization.metadata["decoding_params"].value
-        assert listed == "contfrag_clusterless, wide_place_fields"
+        assert listed == "contfrag_clusterless, non_local_clusterless, wide_place_fields"
