@@ -16,6 +16,8 @@ from track_linearization import make_track_graph
 from decoding_assets.decoder import Environment
 from decoding_assets.decoder import transitions as tr
 
+from .test_reference_posterior import dense_transition
+
 DISCRETE = np.array([[0.93, 0.07], [0.04, 0.96]])  # asymmetric, so the blocks cannot be swapped unseen
 
 
@@ -45,16 +47,6 @@ def t_junction_distances() -> np.ndarray:
     to_junction = np.concatenate([10.0 - stem, arm, arm])
     return np.where(edge[:, None] == edge[None, :], np.abs(offset[:, None] - offset[None, :]),
                     to_junction[:, None] + to_junction[None, :])  # fmt: skip
-
-
-def dense_transition(squared_distance, movement_var, discrete=DISCRETE):
-    n = squared_distance.shape[0]
-    walk = np.exp(-0.5 * squared_distance / movement_var)
-    walk /= walk.sum(axis=1, keepdims=True)
-    uniform = np.full((n, n), 1.0 / n)
-    return np.block(
-        [[discrete[0, 0] * walk, discrete[0, 1] * uniform], [discrete[1, 0] * uniform, discrete[1, 1] * uniform]]
-    )
 
 
 def operator_matrix(environment, movement_var, discrete=DISCRETE):
@@ -143,7 +135,7 @@ def test_track_transitions_equal_the_dense_matrix():
     env = t_junction().fit_place_grid(None)
     forward, backward = operator_matrix(env, movement_var=4.0)
     inside = interior_states(env)
-    expected = dense_transition(t_junction_distances() ** 2, movement_var=4.0)
+    expected = dense_transition(t_junction_distances() ** 2, 4.0, DISCRETE)
     np.testing.assert_allclose(forward[np.ix_(inside, inside)], expected, rtol=1e-10, atol=1e-15)
     np.testing.assert_allclose(backward[np.ix_(inside, inside)], expected, rtol=1e-10, atol=1e-15)
     # nothing moves into a gap
@@ -168,7 +160,7 @@ def test_open_field_transitions_equal_the_dense_matrix(field_with_a_pillar):
     forward, backward = operator_matrix(env, movement_var=6.0)
     inside = interior_states(env)
     centers = env.place_bin_centers_[interior.ravel()]
-    expected = dense_transition(((centers[:, None] - centers[None, :]) ** 2).sum(axis=-1), movement_var=6.0)
+    expected = dense_transition(((centers[:, None] - centers[None, :]) ** 2).sum(axis=-1), 6.0, DISCRETE)
     np.testing.assert_allclose(forward[np.ix_(inside, inside)], expected, rtol=1e-10, atol=1e-15)
     np.testing.assert_allclose(backward[np.ix_(inside, inside)], expected, rtol=1e-10, atol=1e-15)
 
