@@ -1,12 +1,12 @@
 """Where a warm ``ContFragClusterlessClassifier.predict`` spends its time, on the
 simulated scenarios of ``run_benchmarks.py`` (seed 0), and what a first call costs.
 
-    python benchmarks/where_time_goes.py                                   # w_track, 60 s decoded (~1.5 min)
-    python benchmarks/where_time_goes.py --scenario open_field --decoding-s 10   # (~2 min)
+    python benchmarks/where_time_goes.py                                   # w_track, 60 s decoded (~70 s)
+    python benchmarks/where_time_goes.py --scenario open_field --decoding-s 10   # (~75 s)
     python benchmarks/where_time_goes.py --repeats 5 --json split.json     # more runs, every run kept
 
-Prints three Markdown tables (medians of ``--repeats`` runs; times measured on 2 cores
-are given in the docstring's examples):
+Prints three Markdown tables (medians of ``--repeats`` runs; the run times above are
+the default ``--repeats 3`` on 2 cores, about a third of it the fresh processes):
 
 1. A warm predict split into its parts: the likelihood (its setup, its spans and, within
    them, ``add_spike_terms`` and the position kernels), the filter scans
@@ -32,8 +32,8 @@ are given in the docstring's examples):
    the real decoding spikes times the real encoding spikes of the electrode.
 3. A first call in a fresh process (this script re-invoked with ``--child``): fit, first
    predict, second predict, with no compilation cache, and with a warm persistent cache
-   (``decoding_assets.decoder.enable_compilation_cache``: one untimed-for-the-median run
-   fills an empty cache, reported on its own line, then ``--repeats`` runs use it).
+   (``decoding_assets.decoder.enable_compilation_cache``: one run fills an empty cache
+   and is reported on its own line, then ``--repeats`` runs use it).
    Compilations are counted through ``jax.monitoring``: "compile/load s" is XLA's
    compilation or, on a cache hit, the cache read.
 
@@ -48,6 +48,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -377,6 +378,11 @@ def sgemm_rates(repeats: int = 5, n: int = 2048) -> dict:
     return rates
 
 
+def _halves(runs: list) -> str:
+    half = len(runs) // 2
+    return f"{statistics.median(runs[:half]):.1f} / {statistics.median(runs[half:]):.1f}"
+
+
 def flops_table(result: dict, sgemm: dict) -> str:
     blocks = result["blocks"]
     padded = sum(2 * b["B"] * b["E"] * (b["F"] + b["N"]) for b in blocks)
@@ -387,9 +393,10 @@ def flops_table(result: dict, sgemm: dict) -> str:
     dot = statistics.median(sgemm["jnp.dot"])
     npy = statistics.median(sgemm["numpy"])
     lines = [
-        f"sgemm 2048³ float32, this process: `jnp.dot` median {dot:.1f} GFLOP/s (best {max(sgemm['jnp.dot']):.1f}, "
-        f"{len(sgemm['jnp.dot'])} runs before and after the predicts), NumPy median {npy:.1f} "
-        f"(best {max(sgemm['numpy']):.1f}).",
+        f"sgemm 2048³ float32, this process, {len(sgemm['jnp.dot'])} runs each (half before the predicts, half "
+        f"after): `jnp.dot` median {dot:.1f} GFLOP/s (best {max(sgemm['jnp.dot']):.1f}; medians before / after "
+        f"{_halves(sgemm['jnp.dot'])}), NumPy median {npy:.1f} (best {max(sgemm['numpy']):.1f}; "
+        f"{_halves(sgemm['numpy'])}).",
         "",
         f"Flops per predict: {padded / 1e9:.2f} GFLOP padded, {useful / 1e9:.2f} GFLOP useful "
         f"({100 * useful / padded:.0f} %); {len(blocks)} `add_spike_terms` calls, "
@@ -560,7 +567,9 @@ def main() -> None:
         n_time = int(inputs["decode_time"].size)
         load_before = os.getloadavg()
         sgemm = sgemm_rates()
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
         result = split_predict(clf, times, marks, inputs["decode_time"], args.repeats)
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
         after = sgemm_rates()
         sgemm = {k: sgemm[k] + after[k] for k in sgemm}
         load_after = os.getloadavg()
@@ -577,6 +586,12 @@ def main() -> None:
         f"Grid: {clf.n_bins_} bins, {n_interior} interior; {len(encoding)} electrodes, encoding spikes "
         f"{min(encoding)}–{max(encoding)} (mean {np.mean(encoding):.0f}); chunks of {step} bins, likelihood spans of "
         f"{span}. Fit {fit_s:.2f} s; first predict in this process (compiling) {result['first_predict_s']:.2f} s.\n"
+    )
+    n_predicts = 2 + 3 * args.repeats
+    print(
+        f"CPU time of the {n_predicts} predicts of table 1: user {cpu_after.ru_utime - cpu.ru_utime:.1f} s, "
+        f"system {cpu_after.ru_stime - cpu.ru_stime:.1f} s, "
+        f"{cpu_after.ru_minflt - cpu.ru_minflt} minor page faults.\n"
     )
     print(f"### 1. Warm predict, split (medians of {args.repeats} rounds)\n")
     print(split_table(result, n_time))
