@@ -10,12 +10,12 @@ the default ``--repeats 3`` on 2 cores, about a third of it the fresh processes)
 
 1. A warm predict split into its parts: the likelihood (its setup, its spans and, within
    them, ``add_spike_terms`` and the position kernels), the filter scans
-   (``inference.filter_chunk``), the smoother scans (``inference.smoother_chunk``), the
-   layout on the device (``_on_grid``, ``_to_output``, ``_from_output``), the copies
+   with the layout to and from the stored form (``inference._filter_stored``), the
+   smoother's (``inference._smooth_stored``), the copies
    between device and host and the writes into the output arrays,
    ``transitions.make_transitions``, and the rest. Seconds and microseconds per decoded
    time bin. The package is not edited: for the instrumented runs the script replaces
-   the module-level functions that predict calls (``inference.filter_chunk`` and the
+   the module-level functions that predict calls (``inference._filter_stored`` and the
    like, ``inference.np``/``inference.jnp`` by proxies whose ``asarray`` is timed,
    ``clusterless._Rows`` by a subclass whose reads and writes are timed) by wrappers
    that call the original, wait for its result (``jax.block_until_ready``) and add the
@@ -236,11 +236,9 @@ def instrumented(split: Split):
         return wrapper
 
     patches = [
-        (inference, "filter_chunk", _timed(split, inference.filter_chunk, "filter")),
-        (inference, "smoother_chunk", _timed(split, inference.smoother_chunk, "smoother")),
-        (inference, "_on_grid", _timed(split, inference._on_grid, "_on_grid")),
-        (inference, "_to_output", _timed(split, inference._to_output, "_to_output")),
-        (inference, "_from_output", _timed(split, inference._from_output, "_from_output")),
+        # one compiled call per chunk each: the scan with the layout to and from the stored form
+        (inference, "_filter_stored", _timed(split, inference._filter_stored, "filter")),
+        (inference, "_smooth_stored", _timed(split, inference._smooth_stored, "smoother")),
         (inference, "np", _TimedAsarray(inference.np, split, "device->host (np.asarray)")),
         (inference, "jnp", _TimedAsarray(inference.jnp, split, "host->device (jnp.asarray)")),
         (tr, "make_transitions", _timed(split, tr.make_transitions, "make_transitions")),
@@ -265,7 +263,7 @@ def instrumented(split: Split):
 
 # ---------------------------------------------------------------------- 1. the split
 
-LAYOUT = ("_on_grid", "_to_output", "_from_output")
+LAYOUT = ()  # fused into the filter's and the smoother's calls (inference._filter_stored, _smooth_stored)
 COPIES = (
     "device->host (np.asarray)",
     "host->device (jnp.asarray)",
@@ -292,10 +290,8 @@ def rows_of(main: dict, fine: dict, total: float, plain: float) -> list[tuple[st
         ("· · `add_spike_terms` ¹", fs["add_spike_terms"], fc["add_spike_terms"]),
         ("· · position kernels + interior gather ¹", fs["position kernels"], fc["position kernels"]),
         ("· · the rest of the spans (ll init, missing `where`, block prep) ¹", fine_rest, ""),
-        ("**filter scans** (`filter_chunk`)", s["filter"], c["filter"]),
-        ("**smoother scans** (`smoother_chunk`)", s["smoother"], c["smoother"]),
-        ("**layout on device**", layout, sum(c[k] for k in LAYOUT)),
-        *((f"· `{k}`", s[k], c[k]) for k in LAYOUT),
+        ("**filter** (`_filter_stored`: the scan and the stored layout)", s["filter"], c["filter"]),
+        ("**smoother** (`_smooth_stored`: the scan and the stored layout)", s["smoother"], c["smoother"]),
         ("**device<->host copies and writes**", copies, sum(c[k] for k in COPIES)),
         *((f"· {k}", s[k], c[k]) for k in COPIES),
         ("**make_transitions**", s["make_transitions"], c["make_transitions"]),

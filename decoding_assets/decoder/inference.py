@@ -24,7 +24,6 @@ sink (memory or a file) and read back by the smoother.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -185,12 +184,11 @@ def filter_and_smooth(
         for start in range(span_start, span_stop, step):
             stop = min(start + step, n_time)
             rows = slice(start - span_start, start - span_start + step)
-            chunk = States(ll.point[rows], _on_grid(ll.grid[rows], interior_index, grid))
-            (prior, chunk_marginal), (causal, predicted) = filter_chunk(
-                transitions, prior, chunk, jnp.arange(start, start + step) < n_time
-            )
+            (prior, chunk_marginal), flat, state_probabilities, predicted = _filter_stored(
+                transitions, prior, ll.point[rows], ll.grid[rows], interior_index,
+                jnp.arange(start, start + step) < n_time,
+            )  # fmt: skip
             log_marginal = log_marginal + chunk_marginal
-            flat, state_probabilities = _to_output(causal, interior)
             causal_out[start:stop] = np.asarray(flat)[: stop - start]
             causal_states[start:stop] = np.asarray(state_probabilities)[: stop - start]
             predicted_states[start:stop] = np.asarray(predicted)[: stop - start]
@@ -204,11 +202,9 @@ def filter_and_smooth(
             padded[: stop - start] = causal
             causal = padded
         index = np.arange(start, start + step)
-        acausal_next, acausal = smoother_chunk(
-            transitions, acausal_next, _from_output(jnp.asarray(causal), n_point, grid),
-            jnp.asarray(index == n_time - 1), jnp.asarray(index < n_time),
-        )  # fmt: skip
-        flat, state_probabilities = _to_output(acausal, interior)
+        acausal_next, flat, state_probabilities = _smooth_stored(
+            transitions, acausal_next, jnp.asarray(causal), jnp.asarray(index == n_time - 1), jnp.asarray(index < n_time)
+        )
         acausal_out[start:stop] = np.asarray(flat)[: stop - start]
         acausal_states[start:stop] = np.asarray(state_probabilities)[: stop - start]
     return Posteriors(
@@ -216,7 +212,32 @@ def filter_and_smooth(
     )
 
 
-@partial(jax.jit, static_argnums=2)
+# The filter and smoother as ``filter_and_smooth`` calls them: one compiled call per
+# chunk, from the log likelihood at interior bins to the stored layout and back, so no
+# intermediate layout is ever materialized between calls.
+
+
+@jax.jit
+def _filter_stored(transitions: tr.Transitions, prior: States, ll_point, ll_grid, interior_index, is_valid):
+    """``filter_chunk`` from (T, K) and (T, N) log likelihoods to the stored layout:
+    returns (next_prior, log_marginal), causal (T, width), its state probabilities
+    (T, S) and the predicted ones (T, S)."""
+    chunk = States(ll_point, _on_grid(ll_grid, interior_index, transitions.interior.shape))
+    carry, (causal, predicted) = filter_chunk(transitions, prior, chunk, is_valid)
+    flat, state_probabilities = _to_output(causal, transitions.interior)
+    return carry, flat, state_probabilities, predicted
+
+
+@jax.jit
+def _smooth_stored(transitions: tr.Transitions, acausal_next: States, causal_flat, is_last, is_valid):
+    """``smoother_chunk`` from and to the stored layout: returns the carry, acausal
+    (T, width) and its state probabilities (T, S)."""
+    causal = _from_output(causal_flat, acausal_next.point.shape[0], transitions.interior.shape)
+    carry, acausal = smoother_chunk(transitions, acausal_next, causal, is_last, is_valid)
+    flat, state_probabilities = _to_output(acausal, transitions.interior)
+    return carry, flat, state_probabilities
+
+
 def _on_grid(log_likelihood: jnp.ndarray, interior_index: jnp.ndarray, grid: tuple) -> jnp.ndarray:
     """(T, N) -> (T, *grid), zero outside the track."""
     n_time = log_likelihood.shape[0]
@@ -224,7 +245,6 @@ def _on_grid(log_likelihood: jnp.ndarray, interior_index: jnp.ndarray, grid: tup
     return full.at[:, interior_index].set(log_likelihood).reshape(n_time, *grid)
 
 
-@jax.jit
 def _to_output(posterior: States, interior: jnp.ndarray):
     """States with a leading T -> the stored layout (T, K + G * n_bins) with NaN
     outside the track, and the per-state probabilities (T, S)."""
@@ -235,7 +255,6 @@ def _to_output(posterior: States, interior: jnp.ndarray):
     return flat, jnp.concatenate([posterior.point, posterior.grid.sum(axis=grid_axes)], axis=1)
 
 
-@partial(jax.jit, static_argnums=(1, 2))
 def _from_output(flat: jnp.ndarray, n_point: int, grid: tuple) -> States:
     """The stored layout back to States with a leading T, zeros outside the track."""
     values = jnp.nan_to_num(flat, nan=0.0)

@@ -214,15 +214,16 @@ def add_constant_spike_terms(log_likelihood: jnp.ndarray, bin_index: jnp.ndarray
 def spike_blocks(n_spikes: int, max_block: int) -> list[tuple[int, int]]:
     """(first row, padded size) of each block of decoding spikes.
 
-    Full blocks of ``max_block`` rows, then the remainder padded to a multiple of 64:
-    a few compiled shapes, and at most 63 rows of padding.
+    Full blocks of ``max_block`` rows, then the remainder padded to a multiple of 128:
+    few compiled shapes (each costs tracing in every new process), at most 127 rows of
+    padding.
     """
     blocks, start = [], 0
     while n_spikes - start >= max_block:
         blocks.append((start, max_block))
         start += max_block
     if start < n_spikes:
-        blocks.append((start, min(-(-(n_spikes - start) // 64) * 64, max_block)))
+        blocks.append((start, min(-(-(n_spikes - start) // 128) * 128, max_block)))
     return blocks
 
 
