@@ -90,7 +90,8 @@ class Database:
         finally:
             self._local.con = None
             if not self.postgres:  # the file is let go at once; the server's cursor stays for the next call
-                con.close()
+                with _file_opener(self.location):
+                    con.close()
 
     def _open_file(self) -> duckdb.DuckDBPyConnection:
         """The file, waiting (with jittered backoff) while another process holds it."""
@@ -98,7 +99,10 @@ class Database:
         delay = 0.01
         while True:
             try:
-                return duckdb.connect(self.location)
+                # threads of one process open and close the file in turns: DuckDB's cache
+                # of open files races otherwise ("Unique file handle conflict")
+                with _file_opener(self.location):
+                    return duckdb.connect(self.location)
             except duckdb.IOException as error:
                 message = str(error)
                 if "version number" in message and "newer version" in message:
@@ -259,6 +263,13 @@ def _plain(value):
 
 _lock = threading.Lock()
 _file_writers: dict[tuple[str, int], threading.Lock] = {}
+_file_openers: dict[tuple[str, int], threading.Lock] = {}
+
+
+def _file_opener(location: str) -> threading.Lock:
+    """The lock this process's threads take turns on to open or close a DuckDB file."""
+    with _lock:
+        return _file_openers.setdefault((location, os.getpid()), threading.Lock())
 
 
 def _file_writer(location: str) -> threading.Lock:

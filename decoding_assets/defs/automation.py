@@ -176,7 +176,10 @@ def plan_sync(
         busy = _partitions_in_progress(instance, decoding)
         sync.add[name], sync.remove[name] = [], sorted(present - set(all_sessions) - busy)
         for session in sessions:
-            planned = plan.plan_session(catalog, session, decoding, check_inputs=False)
+            # one opening of the catalog per session, not one per call: with hundreds of
+            # sessions the tick would outlast the sensor's 60 s otherwise
+            with catalog.held():
+                planned = plan.plan_session(catalog, session, decoding, check_inputs=False)
             wanted = [p for p in planned if p.status not in plan.NOT_WANTED]
             if not wanted:
                 if session in present:

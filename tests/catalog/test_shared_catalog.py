@@ -4,6 +4,7 @@ them, who did what, and moving a laptop's catalog onto the lab's server."""
 import gzip
 import multiprocessing as mp
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -203,6 +204,30 @@ def test_migrate_a_laptop_catalog_into_the_lab(laptop, new_catalog, tmp_path, ca
 
 
 # ---------------------------------------------------------------------- DuckDB files
+
+
+def test_threads_of_one_process_open_the_file_at_once(new_catalog, tmp_path):
+    """Dagster's code server evaluates sensors in threads (a sensor that timed out still
+    runs beside the next tick), and the webserver answers in threads: each opens and
+    closes the catalog. Measured before the fix: DuckDB's cache of open files raced, and
+    7 of 8 threads failed with "Unique file handle conflict"."""
+    place = new_catalog()
+    cat = Catalog(place.location, place.output_dir)
+    errors, counts = [], []
+
+    def read(n: int) -> None:
+        try:
+            counts.append(sum(cat.db.scalar("SELECT 1") == 1 for _ in range(n)))  # each call opens and closes
+        except Exception as error:  # every thread's failure is the test's
+            errors.append(error)
+
+    threads = [threading.Thread(target=read, args=(500,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert counts == [500] * 8
 
 
 def test_a_catalog_written_by_duckdb_2_says_how_to_convert_it(tmp_path):
