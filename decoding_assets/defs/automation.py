@@ -157,6 +157,9 @@ class CatalogSync:
                 instance.delete_dynamic_partition(name, key)
 
 
+_SESSIONS_PER_OPENING = 20
+
+
 def plan_sync(
     instance: dg.DagsterInstance, catalog: Catalog, config: dict, sessions: list[str] | None = None
 ) -> CatalogSync:
@@ -175,11 +178,16 @@ def plan_sync(
         present = set(instance.get_dynamic_partitions(name))
         busy = _partitions_in_progress(instance, decoding)
         sync.add[name], sync.remove[name] = [], sorted(present - set(all_sessions) - busy)
-        for session in sessions:
-            # one opening of the catalog per session, not one per call: with hundreds of
-            # sessions the tick would outlast the sensor's 60 s otherwise
+        plans = {}
+        # one opening of the catalog per batch of sessions, not one per call (each costs
+        # tens of ms on a DuckDB file): with hundreds of sessions a tick outlasted the
+        # sensor's 60 s. A batch holds a DuckDB file about a second; decodes wait that long.
+        for first in range(0, len(sessions), _SESSIONS_PER_OPENING):
             with catalog.held():
-                planned = plan.plan_session(catalog, session, decoding, check_inputs=False)
+                for session in sessions[first : first + _SESSIONS_PER_OPENING]:
+                    plans[session] = plan.plan_session(catalog, session, decoding, check_inputs=False)
+        for session in sessions:
+            planned = plans[session]
             wanted = [p for p in planned if p.status not in plan.NOT_WANTED]
             if not wanted:
                 if session in present:
