@@ -90,6 +90,9 @@ def celery_settings() -> dict[str, Any]:
         "config_source": {
             # the run reads which worker (and process) holds each step from its STARTED state
             "task_track_started": True,
+            # and, should the step's process die before the run saw it start, the worker
+            # from its result (which then names the worker that stored it)
+            "result_extended": True,
             # a worker takes a step only when a process of its is free, so no step waits
             # behind a long decode while another worker idles (nor is lost with it)
             "worker_disable_prefetch": True,
@@ -227,6 +230,7 @@ class _WatchedTask:
             try:
                 return self._result.get()
             except WorkerLostError as error:
+                self._worker = self._worker or self._result.worker
                 self._lost = f"its process{self._pid_text()} died: {str(error).rstrip('.')}"
         return [dg.serialize_value(self._lost_event())]
 
