@@ -124,10 +124,11 @@ class ClusterlessDecoder:
         """The EM prior's extra weight on staying: a number or one per state."""
         return 0.0
 
-    def _point_log_likelihood(self, decode: inputs.DecodingInputs, spike_bins: list, dtype):
+    def _point_log_likelihood(self, decode: inputs.DecodingInputs, spike_bins: list, spikes: list, dtype):
         """A function (start, stop, rows) -> (rows, K), the log likelihoods of the states
         of one bin for time bins [start, stop) padded to ``rows``; None if there are none.
-        spike_bins[e] : (kept, bins) of each electrode group's spikes (``inputs.spike_time_bins``)."""
+        spike_bins[e] : (kept, bins) of each electrode group's spikes (``inputs.spike_time_bins``);
+        spikes : those spikes as the likelihood on the grid uses them (``lik.DecodingSpikes``)."""
         return None
 
     # ------------------------------------------------------------------ parameters
@@ -484,7 +485,7 @@ class ClusterlessDecoder:
             self.encoding_, spike_bins, decode.marks, self.clusterless_algorithm_params["waveform_std"], dtype
         )
         max_block = min(int(self.clusterless_algorithm_params["block_size"]), _MAX_SPIKE_BLOCK)
-        point_log_likelihood = self._point_log_likelihood(decode, spike_bins, dtype)
+        point_log_likelihood = self._point_log_likelihood(decode, spike_bins, spikes, dtype)
 
         def log_likelihood(start: int, stop: int, rows: int) -> inference.LogLikelihoods:
             key = (start, stop, rows)

@@ -143,7 +143,7 @@ class NonLocalClusterlessDetector(ClusterlessDecoder):
     def _transition_stickiness(self):
         return np.asarray(self.discrete_transition_stickiness)
 
-    def _point_log_likelihood(self, decode: inputs.DecodingInputs, spike_bins: list, dtype):
+    def _point_log_likelihood(self, decode: inputs.DecodingInputs, spike_bins: list, spikes: list, dtype):
         """Local and No-Spike for every bin, computed once per decode: (n_time, 2)."""
         if decode.position is None:
             raise ValueError(
@@ -152,8 +152,6 @@ class NonLocalClusterlessDetector(ClusterlessDecoder):
             )
         env = self.environments
         n_time = decode.time.shape[0]
-        waveform_std = self.clusterless_algorithm_params["waveform_std"]
-        spikes = lik.prepare_decoding_spikes(self.encoding_, spike_bins, decode.marks, waveform_std, dtype)
 
         def where(times: np.ndarray) -> np.ndarray:
             at = inputs.interpolate_position(decode.position_time, decode.position, times)

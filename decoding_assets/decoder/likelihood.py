@@ -437,8 +437,8 @@ def local_log_likelihood(
     (decoding coordinates); bin_positions : (n_time, D) at each bin.
     """
     n_time = bin_positions.shape[0]
-    occupancy = density_at(bin_positions, training_positions, np.full(training_positions.shape[0],
-                           1.0 / training_positions.shape[0]), position_std, dtype)  # fmt: skip
+    mean_weights = np.full(training_positions.shape[0], 1.0 / training_positions.shape[0])
+    occupancy = density_at(bin_positions, training_positions, mean_weights, position_std, dtype)
     rates = [
         np.full(e.positions.shape[0], e.mean_rate / e.positions.shape[0]) for e in encoding.electrodes if e.positions.size
     ]
@@ -465,8 +465,7 @@ def local_log_likelihood(
                 item.encoding_marks, item.encoding_valid, std, item.log_scale,
             )  # fmt: skip
             terms[block] = np.asarray(values, dtype=np.float64)[: block.stop - block.start]
-        at_spike = density_at(positions, training_positions, np.full(training_positions.shape[0],
-                              1.0 / training_positions.shape[0]), position_std, dtype)  # fmt: skip
+        at_spike = density_at(positions, training_positions, mean_weights, position_std, dtype)
         with np.errstate(divide="ignore"):
             terms = np.maximum(terms - np.log(at_spike), LOG_EPS)
         np.add.at(ll, item.bins, terms)
