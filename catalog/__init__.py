@@ -7,13 +7,13 @@
 """
 
 from .core import Catalog
-from .decodes import DecodeSources, FeaturesSource, PositionSource
+from .decodes import DecodeAnalyses, DecodeSources, FeaturesSource, PositionSource
 from .errors import CatalogError, check_name, current_user, file_checksum
 from .files import CleanupReport
 from .migrate import copy_catalog
 from .selection import SELECTION_FIELDS, DecodingSelection
 
 __all__ = [
-    "SELECTION_FIELDS", "Catalog", "CatalogError", "CleanupReport", "DecodeSources", "DecodingSelection",
+    "SELECTION_FIELDS", "Catalog", "CatalogError", "CleanupReport", "DecodeAnalyses", "DecodeSources", "DecodingSelection",
     "FeaturesSource", "PositionSource", "check_name", "copy_catalog", "current_user", "file_checksum",
 ]  # fmt: skip

@@ -100,9 +100,11 @@ class Catalog:
                 )
             for ddl in TABLES:
                 con.execute(ddl)
-            for step in range((version or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
-                for statement in UPGRADES[step]:
-                    con.execute(statement)
+            pending = [s for step in range((version or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1) for s in UPGRADES[step]]
+            # every step's new columns first: DuckDB cannot alter a table this transaction
+            # has already written rows of (an earlier step's UPDATE)
+            for statement in sorted(pending, key=lambda statement: not statement.startswith("ALTER")):
+                con.execute(statement)
             con.execute(
                 "INSERT INTO catalog_info VALUES ('schema_version', ?) ON CONFLICT DO UPDATE SET value = excluded.value",
                 [str(SCHEMA_VERSION)],
@@ -176,6 +178,7 @@ class Catalog:
     register_output = _forward("decode_store", DecodeStore.register_output)
     outputs = _forward("decode_store", DecodeStore.outputs)
     fetch_output = _forward("decode_store", DecodeStore.fetch_output)
+    state_fractions = _forward("decode_store", DecodeStore.state_fractions)
     lineage = _forward("decode_store", DecodeStore.lineage)
     delete_output = _forward("decode_store", DecodeStore.delete_output)
     forget_bad_output = _forward("decode_store", DecodeStore.forget_bad_output)

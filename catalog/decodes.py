@@ -19,6 +19,39 @@ from .selection import SELECTION_FIELDS, DecodingSelection
 
 
 @dataclass(frozen=True)
+class DecodeAnalyses:
+    """What was measured on a decode, as the catalog keeps it: medians over its time
+    bins (None where nothing was measured) and the fraction of time in each state."""
+
+    median_decoding_error_cm: float | None = None
+    median_ahead_behind_cm: float | None = None
+    median_abs_ahead_behind_cm: float | None = None
+    median_hpd_area: float | None = None  # cm^2 (cm on a track), of the region holding hpd_mass
+    hpd_mass: float | None = None
+    state_fractions: tuple[tuple[str, float], ...] = ()
+
+    def columns(self) -> dict:
+        """The decoding_summaries columns."""
+        return {
+            name: _number(getattr(self, name))
+            for name in ("median_decoding_error_cm", "median_ahead_behind_cm", "median_abs_ahead_behind_cm",
+                         "median_hpd_area", "hpd_mass")
+        }  # fmt: skip
+
+
+def _delete_output_rows(con, merge_id: str) -> None:
+    """A decoding output's row and its summary (its lineage is the caller's)."""
+    con.execute("DELETE FROM decoding_state_fractions WHERE merge_id = ?", [merge_id])
+    con.execute("DELETE FROM decoding_summaries WHERE merge_id = ?", [merge_id])
+    con.execute("DELETE FROM decoding_outputs WHERE merge_id = ?", [merge_id])
+
+
+def _number(value) -> float | None:
+    """A float, or None for None and NaN (SQL's NULL: nothing measured)."""
+    return None if value is None or value != value else float(value)
+
+
+@dataclass(frozen=True)
 class FeaturesSource:
     """One electrode group's waveform features: in the NWB file (``path`` None) or in a
     file extracted from its raw recording."""
@@ -194,14 +227,14 @@ class DecodeStore:
         n_time_bins: int,
         run_seconds: float,
         device: str,
-        median_decoding_error_cm: float | None,
+        analyses: DecodeAnalyses | None = None,
     ) -> dict:
         """Record a finished decode (replacing an earlier one of the same selection) and
         its lineage, in one transaction, with its files' identities; the files are
         registered and a replaced output's files orphaned in the same transaction, and a
         deletion of the selection is undone. ``input_versions``: {kind: {key: version}}.
         A CatalogError if a file's write intent is gone (``cleanup`` took its writer for
-        dead): run the decode again."""
+        dead): run the decode again. ``analyses``: what was measured on it (NULL if None)."""
         path, model_path = storage.resolve(path), storage.resolve(model_path)
         owner = f"decoding output {merge_id}"
         results, model = file_identity(path, owner), file_identity(model_path, owner)
@@ -221,7 +254,7 @@ class DecodeStore:
             "n_time_bins": int(n_time_bins),
             "run_seconds": float(run_seconds),
             "device": device,
-            "median_decoding_error_cm": None if median_decoding_error_cm is None else float(median_decoding_error_cm),
+            "median_decoding_error_cm": (analyses or DecodeAnalyses()).columns()["median_decoding_error_cm"],
             "created_by": self.user,
         }
         lineage = [
@@ -238,7 +271,7 @@ class DecodeStore:
             ).fetchone()
             if previous is not None:
                 con.execute("DELETE FROM lineage WHERE merge_id = ?", [merge_id])
-                con.execute("DELETE FROM decoding_outputs WHERE merge_id = ?", [merge_id])
+                _delete_output_rows(con, merge_id)
                 self.files.mark_orphaned(con, sorted(set(previous) - {str(path), str(model_path)}))
             con.execute("DELETE FROM deleted_selections WHERE merge_id = ?", [merge_id])
             # two workers registering the same decode at once collide on the key, and
@@ -253,23 +286,44 @@ class DecodeStore:
                     "INSERT INTO lineage VALUES " + ", ".join(["(?, ?, ?, ?)"] * len(lineage)),
                     [value for entry in lineage for value in (merge_id, *entry)],
                 )
+            if analyses is not None:
+                summary = {"merge_id": merge_id, **analyses.columns()}
+                con.execute(
+                    f"INSERT INTO decoding_summaries ({', '.join(summary)}) VALUES ({', '.join('?' * len(summary))})",
+                    list(summary.values()),
+                )
+            if analyses is not None and analyses.state_fractions:
+                con.execute(
+                    "INSERT INTO decoding_state_fractions VALUES " + ", ".join(["(?, ?, ?)"] * len(analyses.state_fractions)),
+                    [value for state, fraction in analyses.state_fractions for value in (merge_id, state, _number(fraction))],
+                )
 
         self.db.write(write)
         return row
 
     def outputs(self, nwb_file_name: str | None = None) -> pd.DataFrame:
-        """Decoding outputs with their selections (and who made them: ``created_by``)."""
+        """Decoding outputs with their selections (and who made them: ``created_by``) and
+        summaries (``median_hpd_area``, ...; NULL for an output decoded before summaries)."""
         sql = (
-            "SELECT s.* EXCLUDE (created_by), o.* EXCLUDE (merge_id) FROM decoding_outputs o "
-            "JOIN decoding_selections s USING (merge_id)"
+            "SELECT s.* EXCLUDE (created_by), o.* EXCLUDE (merge_id), m.* EXCLUDE (merge_id, median_decoding_error_cm) "
+            "FROM decoding_outputs o JOIN decoding_selections s USING (merge_id) "
+            "LEFT JOIN decoding_summaries m USING (merge_id)"
         )
         if nwb_file_name is None:
             return self.db.query(sql + " ORDER BY o.created_at")
         return self.db.query(sql + " WHERE s.nwb_file_name = ? ORDER BY o.created_at", [nwb_file_name])
 
+    def state_fractions(self, merge_id: str | None = None) -> pd.DataFrame:
+        """The fraction of time each decode spends in each state: merge_id, state, fraction."""
+        sql = "SELECT merge_id, state, fraction FROM decoding_state_fractions"
+        if merge_id is None:
+            return self.db.query(sql + " ORDER BY merge_id, state")
+        return self.db.query(sql + " WHERE merge_id = ? ORDER BY state", [merge_id])
+
     def fetch_output(self, merge_id: str) -> dict:
         return self.db.one(
-            "SELECT * FROM decoding_outputs WHERE merge_id = ?",
+            "SELECT o.*, m.* EXCLUDE (merge_id, median_decoding_error_cm) FROM decoding_outputs o "
+            "LEFT JOIN decoding_summaries m USING (merge_id) WHERE merge_id = ?",
             [merge_id],
             f"No decoding output for merge_id {merge_id!r}: materialize it first.",
         )
@@ -348,7 +402,7 @@ class DecodeStore:
 
     def _forget(self, con, merge_id: str, files) -> None:
         con.execute("DELETE FROM lineage WHERE merge_id = ?", [merge_id])
-        con.execute("DELETE FROM decoding_outputs WHERE merge_id = ?", [merge_id])
+        _delete_output_rows(con, merge_id)
         self.files.mark_orphaned(con, list(files))
 
     def deleted_selections(self, nwb_file_name: str | None = None) -> pd.DataFrame:

@@ -18,7 +18,7 @@ server describes them, and a server's json columns and defaults do not survive t
 trip intact.
 """
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TABLES = [
     """
@@ -218,6 +218,25 @@ TABLES = [
         file_status VARCHAR,
         checked_at TIMESTAMPTZ
     )""",
+    # a decoding output's summary: the medians of the analyses over its time bins
+    # (decoder.analyses), and the fraction of time it spends in each of its model's
+    # states (the mean of the state's acausal probability), one row per state
+    """
+    CREATE TABLE IF NOT EXISTS decoding_summaries (
+        merge_id VARCHAR PRIMARY KEY REFERENCES decoding_selections (merge_id),
+        median_decoding_error_cm DOUBLE,
+        median_ahead_behind_cm DOUBLE,
+        median_abs_ahead_behind_cm DOUBLE,
+        median_hpd_area DOUBLE,
+        hpd_mass DOUBLE
+    )""",
+    """
+    CREATE TABLE IF NOT EXISTS decoding_state_fractions (
+        merge_id VARCHAR NOT NULL REFERENCES decoding_selections (merge_id),
+        state VARCHAR NOT NULL,
+        fraction DOUBLE,
+        PRIMARY KEY (merge_id, state)
+    )""",
     # a decoding output a user deleted: automation does not decode its selection again by
     # itself; registering an output of the selection (an explicit decode) clears it
     """
@@ -293,4 +312,7 @@ UPGRADES = {
         "UNION ALL SELECT path FROM position_outputs UNION ALL SELECT path FROM waveform_features_files"
         ") THEN 'registered' ELSE 'orphaned' END WHERE state IS NULL",
     ],
+    # decoding_summaries and decoding_state_fractions, created with the tables; outputs
+    # from before have no summary until decoded again
+    4: [],
 }  # fmt: skip

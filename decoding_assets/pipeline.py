@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from catalog import Catalog, CatalogError, DecodeSources, DecodingSelection, check_name, file_checksum
+from catalog import Catalog, CatalogError, DecodeAnalyses, DecodeSources, DecodingSelection, check_name, file_checksum
 from catalog.position import POSITION_VARIABLES
 from catalog.storage import UploadError, is_url, local_form
 
 from . import __version__
-from .decoder import load_results, save_results
+from .decoder import analyses, load_results, save_results
 from .decoder.results import MAX_ERROR_EXPECTED, Keep, is_max_error
 from .files import uploaded
 from .models import check_decoding_params, decoding_model, store_decoding_params
@@ -47,6 +47,7 @@ from .plan import input_versions
 from .position import (
     GROUP_MAX_GAP_S,
     check_position_params,
+    interpolate_angle,
     interpolate_by_time,
     load_position,
     process_position,
@@ -851,7 +852,7 @@ def _decode_into(
         n_time_bins=n_time_bins,
         run_seconds=clock.perf_counter() - started,
         device=model.device_,
-        median_decoding_error_cm=summary["median_decoding_error_cm"],
+        analyses=summary["analyses"],
     )
     if is_url(path):
         results = load_results(path)  # lazily, from the store
@@ -901,9 +902,11 @@ def _room_for(nbytes: int, path: Path | str, selection: DecodingSelection, merge
 def summarize_results(results, position: pd.DataFrame, position_variables: list[str], model, rows: int = 4096) -> dict:
     """Read a (lazily opened) decode a block of rows at a time and measure:
 
-    - ``median_decoding_error_cm``: median distance between the most probable decoded
-      position (of the states on the grid: the detector's non-local states) and the
-      tracked one, over bins with tracking (on a track: along it);
+    - ``analyses``: the analyses labs run on a decode (``decoder.analyses``), against
+      the tracked position and head direction, as the catalog keeps them;
+    - ``median_decoding_error_cm``: of those, the median distance between the most
+      probable decoded position (of the states on the grid: the detector's non-local
+      states) and the tracked one (on a track: along the track graph);
     - ``max_posterior_sum_error``: the largest |sum of a bin's posterior - 1|, of the
       posterior as computed (a file that keeps it within a bound records it; a stored
       bin sums to 1 only within the bound times its number of bins);
@@ -912,35 +915,46 @@ def summarize_results(results, position: pd.DataFrame, position_variables: list[
     Works on every form a file keeps (per state or summed over states, exact or bounded).
     """
     env = model.environments
-    posterior = results["acausal_posterior"]
-    per_state = "state_bins" in posterior.dims
-    # per state: the states of one bin (the detector's Local, No-Spike) first, then the grid's
-    n_point = model.layout.n_point if per_state else 0
-    n_grid = model.layout.n_grid if per_state else 1
-    interior = env.is_track_interior_.ravel()
     time = results["time"].values
     # never across a pause between the position group's epochs, nor a tracking gap
-    tracked = np.column_stack(
-        [interpolate_by_time(position.index.to_numpy(), position[v].to_numpy(), time, GROUP_MAX_GAP_S) for v in position_variables]
-    )
-    actual = env.to_decoding_position(tracked)
-    errors, worst_sum, n_nan = [], 0.0, 0
-    for start in range(0, time.size, rows):
+    samples = position.index.to_numpy()
+    tracked = np.column_stack([interpolate_by_time(samples, position[v].to_numpy(), time, GROUP_MAX_GAP_S)
+                               for v in position_variables])  # fmt: skip
+    heading = None  # the head direction, in the camera's plane (NaN with one LED: movement stands in)
+    if "orientation" in position:
+        heading = interpolate_angle(samples, position["orientation"].to_numpy(), time, GROUP_MAX_GAP_S)
+    measured = analyses.summarize(analyses.analyze(results, env, tracked, heading, rows=rows), results)
+    worst_sum, n_nan = _posterior_integrity(results, model, rows)
+    return {
+        "analyses": DecodeAnalyses(
+            median_decoding_error_cm=measured.median_decoding_error_cm,
+            median_ahead_behind_cm=measured.median_ahead_behind_cm,
+            median_abs_ahead_behind_cm=measured.median_abs_ahead_behind_cm,
+            median_hpd_area=measured.median_hpd_area,
+            hpd_mass=measured.hpd_mass,
+            state_fractions=tuple(measured.state_fractions.items()),
+        ),
+        "median_decoding_error_cm": None if np.isnan(measured.median_decoding_error_cm) else measured.median_decoding_error_cm,
+        "max_posterior_sum_error": worst_sum,
+        "n_nan_inside_track": n_nan,
+    }
+
+
+def _posterior_integrity(results, model, rows: int) -> tuple[float, int]:
+    """The largest |sum of a bin's posterior - 1| (as computed, for a bounded file) and
+    the NaN values at bins inside the track."""
+    posterior = results["acausal_posterior"]
+    per_state = "state_bins" in posterior.dims
+    n_point = model.layout.n_point if per_state else 0
+    n_grid = model.layout.n_grid if per_state else 1
+    interior = model.environments.is_track_interior_.ravel()
+    worst_sum, n_nan = 0.0, 0
+    for start in range(0, results.sizes["time"], rows):
         values = np.asarray(posterior[start : start + rows].values)
         values = values.reshape(values.shape[0], -1)
         point, block = values[:, :n_point], values[:, n_point:].reshape(values.shape[0], n_grid, -1)
         worst_sum = max(worst_sum, float(np.max(np.abs(np.nansum(values, axis=1) - 1.0))))
         n_nan += int(np.isnan(block[:, :, interior]).sum() + np.isnan(point).sum())
-        flat = np.nan_to_num(block).sum(axis=1)  # the most probable position of the states on the grid
-        decoded = env.place_bin_centers_[flat.argmax(axis=1)]
-        here = actual[start : start + rows]
-        ok = ~np.isnan(here).any(axis=1)
-        errors.append(np.linalg.norm(decoded[ok] - here[ok], axis=1))
-    errors = np.concatenate(errors)
     if Keep.of(results).max_error is not None:
         worst_sum = float(posterior.attrs["computed_max_abs_sum_error"])
-    return {
-        "median_decoding_error_cm": float(np.median(errors)) if errors.size else None,
-        "max_posterior_sum_error": worst_sum,
-        "n_nan_inside_track": n_nan,
-    }
+    return worst_sum, n_nan

@@ -133,6 +133,38 @@ def test_fetch_helpers(decoded):
     results.close()
 
 
+def test_a_decode_records_its_analyses_where_the_catalog_can_query_them(decoded):
+    """The analyses of the results file, recomputed here from the file, the model and the
+    position, are what the catalog recorded; a query by median error finds the decode."""
+    from decoding_assets.decoder import analyses
+    from decoding_assets.position import interpolate_angle, interpolate_by_time
+
+    cat, name, merge_id = decoded
+    output = cat.fetch_output(merge_id)
+    with fetch_results(cat, merge_id) as results:
+        position = fetch_position_info(cat, merge_id)
+        time = results["time"].values
+        xy = np.column_stack([interpolate_by_time(position.index.to_numpy(), position[v].to_numpy(), time, 1.0)
+                              for v in ("position_x", "position_y")])  # fmt: skip
+        heading = interpolate_angle(position.index.to_numpy(), position["orientation"].to_numpy(), time, 1.0)
+        measures = analyses.analyze(results, fetch_environments(cat, merge_id), xy, heading)
+        summary = analyses.summarize(measures, results)
+        fractions = results["acausal_state_probabilities"].values.mean(axis=0)
+    assert output["median_decoding_error_cm"] == pytest.approx(summary.median_decoding_error_cm)
+    assert output["median_ahead_behind_cm"] == pytest.approx(summary.median_ahead_behind_cm)
+    assert output["median_abs_ahead_behind_cm"] == pytest.approx(summary.median_abs_ahead_behind_cm)
+    assert 0 < output["median_hpd_area"] == pytest.approx(summary.median_hpd_area) and output["hpd_mass"] == 0.95
+    stored = cat.state_fractions(merge_id)
+    assert list(stored["state"]) == ["Continuous", "Fragmented"]
+    np.testing.assert_allclose(stored["fraction"], fractions, rtol=1e-6)
+    assert stored["fraction"].sum() == pytest.approx(1.0)
+    found = cat.db.query(
+        "SELECT merge_id FROM decoding_outputs WHERE median_decoding_error_cm < ?", [output["median_decoding_error_cm"] + 1]
+    )
+    assert list(found["merge_id"]) == [merge_id]
+    assert cat.db.query("SELECT merge_id FROM decoding_outputs WHERE median_decoding_error_cm < 0").empty
+
+
 def test_the_non_local_detector_decodes_through_the_pipeline(decoded):
     """The default configuration's non_local_clusterless parameter set: the detector
     decodes a trial with the animal's position from the position group, its file has the

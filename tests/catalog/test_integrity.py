@@ -23,6 +23,7 @@ import xarray as xr
 
 from catalog import Catalog, CatalogError, CleanupReport, DecodingSelection, file_checksum
 from catalog.connection import Database
+from catalog.schema import SCHEMA_VERSION
 from decoding_assets.decoder import save_results
 from decoding_assets.fetch import fetch_position_info, fetch_results
 
@@ -113,7 +114,7 @@ def _write_output(path: Path, model: Path, seed: int = 0) -> None:
 def _register(cat: Catalog, merge_id: str, path: Path, model: Path) -> dict:
     return cat.register_output(
         merge_id, path=path, model_path=model, code_version="test", input_versions=VERSIONS, n_time_bins=6,
-        run_seconds=0.1, device="cpu", median_decoding_error_cm=None,
+        run_seconds=0.1, device="cpu", analyses=None,
     )  # fmt: skip
 
 
@@ -564,13 +565,15 @@ def test_a_schema_2_catalog_is_upgraded(new_catalog, tmp_path, tiny_nwb):
     place = new_catalog()
     files = _schema_2_catalog(place, tmp_path, tiny_nwb)
     cat = Catalog(place.location, place.output_dir)
-    assert cat.query("SELECT value FROM catalog_info WHERE key = 'schema_version'")["value"].tolist() == ["3"]
+    assert cat.query("SELECT value FROM catalog_info WHERE key = 'schema_version'")["value"].tolist() == [str(SCHEMA_VERSION)]
     written = _written(cat)
     assert {k: written[str(files[k])] for k in ("position", "results", "model", "orphan", "too_long")} == {
         "position": "registered", "results": "registered", "model": "registered", "orphan": "orphaned",
         "too_long": "orphaned"}  # fmt: skip
     assert cat.outputs()["file_status"].tolist() == ["unchecked"]
     assert cat.outputs()["model_checksum"].isna().all() and cat.sessions()["size_bytes"].isna().all()
+    assert cat.outputs()[["median_hpd_area", "hpd_mass"]].isna().all().all()  # not analysed until decoded again
+    assert cat.state_fractions().empty
     # the first check records what the upgrade could not know
     report = cat.verify_outputs()
     assert report.set_index("kind")["status"].to_dict() == dict.fromkeys(["nwb", "position", "results", "model"], "ok")

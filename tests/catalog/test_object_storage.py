@@ -185,7 +185,7 @@ def _register_fake_output(cat: Catalog, session: Session, interval: str, seed: i
             xr.Dataset({"weights": ("bin", rng.random(4))}).to_netcdf(tmp, engine="h5netcdf")
         cat.register_output(
             merge_id, path=path, model_path=model, code_version="test", input_versions={"code": {"x": "1"}},
-            n_time_bins=6, run_seconds=0.1, device="cpu", median_decoding_error_cm=None,
+            n_time_bins=6, run_seconds=0.1, device="cpu", analyses=None,
         )  # fmt: skip
     return merge_id, path, model
 

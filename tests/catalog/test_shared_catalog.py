@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from catalog import Catalog, CatalogError, DecodingSelection, copy_catalog
+from catalog.schema import SCHEMA_VERSION
 from decoding_assets import pipeline
 from decoding_assets.cli import main
 from decoding_assets.fetch import fetch_results
@@ -246,7 +247,7 @@ def test_a_catalog_of_the_first_version_is_upgraded_in_place(tmp_path):
     path = tmp_path / "catalog.duckdb"
     path.write_bytes(gzip.decompress((DATA / "catalog_schema_1.duckdb.gz").read_bytes()))
     cat = Catalog(path, user="me@laptop")
-    assert cat.query("SELECT value FROM catalog_info WHERE key = 'schema_version'")["value"].tolist() == ["3"]
+    assert cat.query("SELECT value FROM catalog_info WHERE key = 'schema_version'")["value"].tolist() == [str(SCHEMA_VERSION)]
     sessions = cat.sessions()
     assert sessions["nwb_file_name"].tolist() == ["old.nwb"] and sessions["created_by"].isna().all()
     assert {"00_r1", "01_s1", "02_r2"} <= set(cat.interval_lists("old.nwb")["interval_list_name"])

@@ -1,7 +1,7 @@
 """What the worker processes of the concurrency tests run: spawned processes import
 this module, so it imports the catalog and nothing heavier."""
 
-from catalog import Catalog, DecodingSelection
+from catalog import Catalog, DecodeAnalyses, DecodingSelection
 
 
 def decode_many(location: str, output_dir: str, merge_ids: list[str], user: str) -> None:
@@ -13,7 +13,7 @@ def decode_many(location: str, output_dir: str, merge_ids: list[str], user: str)
         model.write_bytes(b"model")
         cat.register_output(
             merge_id, path=path, model_path=model, code_version="test", n_time_bins=1, run_seconds=0.0, device="cpu",
-            median_decoding_error_cm=1.0,
+            analyses=DecodeAnalyses(median_decoding_error_cm=1.0, state_fractions=(("Continuous", 0.5),)),
             input_versions={"session": {"session.nwb": "h"}, "decoding_params": {"contfrag": "v"}, "code": {"x": "1"}},
         )  # fmt: skip
 
