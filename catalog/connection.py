@@ -67,6 +67,7 @@ class Database:
         self.location = str(location) if self.postgres else str(Path(location).expanduser().resolve())
         self.lock_timeout_s = lock_timeout_s
         self.retries = retries
+        self.opening_seconds: float | None = None
         self._local = threading.local()
         if not self.postgres:
             Path(self.location).parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,8 @@ class Database:
                     con.close()
 
     def _open_file(self) -> duckdb.DuckDBPyConnection:
-        """The file, waiting (with jittered backoff) while another process holds it."""
+        """The file, waiting (with jittered backoff) while another process holds it.
+        ``opening_seconds`` records how long the last opening itself took."""
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.01
         while True:
@@ -102,7 +104,10 @@ class Database:
                 # threads of one process open and close the file in turns: DuckDB's cache
                 # of open files races otherwise ("Unique file handle conflict")
                 with _file_opener(self.location):
-                    return duckdb.connect(self.location)
+                    started = time.perf_counter()
+                    con = duckdb.connect(self.location)
+                    self.opening_seconds = time.perf_counter() - started
+                    return con
             except duckdb.IOException as error:
                 message = str(error)
                 if "version number" in message and "newer version" in message:
@@ -158,6 +163,37 @@ class Database:
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             yield _DuckDBTransaction(con)
+
+    def rebuild(self, tables: Sequence[str], ddl: Sequence[str]) -> None:
+        """Drop ``tables`` and create them again from ``ddl``, with the same rows, in one
+        transaction on a DuckDB file: every index built afresh from the rows there are.
+        The file stays held (other processes wait) and a failure leaves it as it was."""
+        with _file_writer(self.location), self.connect() as con:
+            # the rows aside first, outside the transaction: one transaction writes one
+            # database only, and temporary tables are another
+            for table in tables:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE kept_{table} AS SELECT * FROM main.{table}")
+            try:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    for table in reversed(tables):  # referring tables first
+                        con.execute(f"DROP TABLE main.{table}")
+                    for statement in ddl:
+                        con.execute(statement)
+                    for table in tables:
+                        names = [row[0] for row in con.execute(
+                            "SELECT column_name FROM duckdb_columns() WHERE database_name = 'temp' AND table_name = ? "
+                            "ORDER BY column_index", [f"kept_{table}"]).fetchall()]  # fmt: skip
+                        columns = ", ".join(f'"{name}"' for name in names)
+                        con.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM kept_{table}")
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("CHECKPOINT")
+            finally:
+                for table in tables:
+                    con.execute(f"DROP TABLE IF EXISTS temp.kept_{table}")
 
     def close_thread(self) -> None:
         """Close this thread's connections to the server (a thread that ends, such as a

@@ -1,12 +1,14 @@
 """``decoding-assets``: the demo, the UI, registering files and cleaning up.
 
     decoding-assets demo            # make the demo session and decode it end to end
-    decoding-assets ui              # the Dagster UI on http://localhost:3000
+    decoding-assets ui              # the Dagster UI on http://localhost:3000 (viewers on :3001)
+    decoding-assets view MERGE_ID   # a decode in the browser: a self-contained HTML file
     decoding-assets register PATH   # register an NWB file (and its partitions)
     decoding-assets run PATH...     # register NWB files (or folders of them), process and decode them
     decoding-assets cleanup --yes   # delete output files no result references any more
     decoding-assets catalog migrate --to postgresql://me@labserver/decoding   # copy this catalog into the lab's
     decoding-assets catalog delete MERGE_ID [--force]                         # forget a decoding output
+    decoding-assets catalog compact                                           # a DuckDB catalog opens fast again
 
 Everything lives under ``--home`` (default ``$DECODING_ASSETS_HOME``, else
 ``decoding-assets`` in ``$XDG_DATA_HOME`` or ``~/.local/share``): the catalog, the
@@ -407,6 +409,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tetrodes", type=int, default=8)
     ui = sub.add_parser("ui", parents=[place], help="start the Dagster UI on localhost")
     ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--viewer-port", type=int, help="where the decode viewers are served (default: --port + 1)")
+    view = sub.add_parser(
+        "view", parents=[place], help="write a decode's viewer: one HTML file that opens offline in any browser"
+    )
+    view.add_argument("merge_id")
+    view.add_argument("--start", type=float, help="from this time (s, the session's clock; default: the start)")
+    view.add_argument("--stop", type=float, help="to this time (s; default: the end)")
+    view.add_argument("--frame-ms", type=float, help="one frame per this many ms (default: the decode's bins, "
+                      "coarser for a long decode so it keeps at most 50,000 frames)")  # fmt: skip
+    view.add_argument("--out", type=Path, help="the file to write (default: viewers/ under the home)")
     register = sub.add_parser("register", parents=[place], help="register an NWB file and add its partitions")
     register.add_argument("path", type=Path)
     run = sub.add_parser(
@@ -433,6 +445,9 @@ def _parser() -> argparse.ArgumentParser:
         "migrate", parents=[place], help="copy this catalog into another (e.g. the lab's); again: a no-op"
     )
     migrate.add_argument("--to", required=True, help="the target: postgresql://user@host/dbname or a DuckDB file")
+    catalog_sub.add_parser(
+        "compact", parents=[place], help="rebuild a DuckDB catalog's tables so it opens fast again (the sync does it too)"
+    )
     delete = catalog_sub.add_parser(
         "delete", parents=[place], help="forget a decoding output (its files go at the next cleanup)"
     )
@@ -452,13 +467,16 @@ def main(argv: list[str] | None = None) -> int:
     if slots := getattr(args, "decode_slots", None):
         os.environ["DECODING_ASSETS_DECODE_SLOTS"] = slots
     # before anything starts: `dagster dev` on a taken port fails after its daemon is up, and leaves it running
-    if args.command == "ui" and (problem := _port_taken(args.port)) is not None:
-        print(
-            f"error: the UI cannot listen on 127.0.0.1:{args.port}: {problem}. Is another `decoding-assets ui` "
-            "running? Stop it, or choose another port with --port.",
-            file=sys.stderr,
-        )
-        return 1
+    if args.command == "ui":
+        args.viewer_port = args.viewer_port or args.port + 1
+        for port, option in ((args.port, "--port"), (args.viewer_port, "--viewer-port")):
+            if (problem := _port_taken(port)) is not None:
+                print(
+                    f"error: the UI cannot listen on 127.0.0.1:{port}: {problem}. Is another `decoding-assets ui` "
+                    f"running? Stop it, or choose another port with {option}.",
+                    file=sys.stderr,
+                )
+                return 1
     home = getattr(args, "home", None) or _default_home()
     try:
         _setup_home(home)
@@ -473,9 +491,9 @@ def _run_command(args: argparse.Namespace, home: Path) -> int:
     if args.command == "demo":
         run_demo(home, n_tetrodes=args.tetrodes)
     elif args.command == "ui":
-        cmd = [sys.executable, "-m", "dagster", "dev", "-m", "decoding_assets.definitions", "-h", "127.0.0.1", "-p", str(args.port)]
-        print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {os.environ['DAGSTER_HOME']})", flush=True)
-        return subprocess.call(cmd)
+        return _ui(home, args.port, args.viewer_port)
+    elif args.command == "view":
+        return _view(home, args.merge_id, args.start, args.stop, args.frame_ms, args.out)
     elif args.command == "register":
         import dagster as dg
 
@@ -496,7 +514,14 @@ def _run_command(args: argparse.Namespace, home: Path) -> int:
 
         try:
             source = default_catalog_resource().get()
-            if args.action == "migrate":
+            if args.action == "compact":
+                if source.compact():
+                    with source.held():  # an opening of the rebuilt file
+                        pass
+                    print(f"Compacted {source.location}: an opening now takes {source.db.opening_seconds * 1000:.0f} ms.")
+                else:
+                    print(f"{source.location} is a PostgreSQL catalog: the server keeps its indexes itself.")
+            elif args.action == "migrate":
                 copied = copy_catalog(source, Catalog(args.to))
                 print(f"Copied {sum(copied.values())} row(s) from {source.location} to {args.to}"
                       + "".join(f"\n  {table}: {n}" for table, n in copied.items() if n))  # fmt: skip
@@ -509,6 +534,48 @@ def _run_command(args: argparse.Namespace, home: Path) -> int:
         return _cleanup(args.yes, args.min_age_s, args.stale_after_s)
     elif args.command == "verify":
         return verify_files(home, full=args.full, repair=args.repair)
+    return 0
+
+
+def _ui(home: Path, port: int, viewer_port: int) -> int:
+    """``dagster dev`` on ``port``, and the decode viewers its links open on ``viewer_port``."""
+    from decoding_assets.defs.resources import default_catalog_resource
+    from decoding_assets.viewing import serve_viewers
+
+    server = serve_viewers(lambda: default_catalog_resource().get(), home / "viewers", viewer_port)
+    os.environ["DECODING_ASSETS_VIEWER_URL"] = f"http://127.0.0.1:{viewer_port}"  # what the assets link to
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "decoding_assets.definitions", "-h", "127.0.0.1", "-p", str(port)]
+    print(f"Dagster UI on http://127.0.0.1:{port} (instance {os.environ['DAGSTER_HOME']}); "
+          f"decode viewers on http://127.0.0.1:{viewer_port}", flush=True)  # fmt: skip
+    try:
+        return subprocess.call(cmd)
+    finally:
+        server.shutdown()
+
+
+def _view(home: Path, merge_id: str, start, stop, frame_ms, out: Path | None) -> int:
+    """Write a decode's viewer and say where, how large, and how long it took."""
+    import time
+
+    from catalog import CatalogError
+    from decoding_assets.defs.resources import default_catalog_resource
+    from decoding_assets.viewing import viewer_file
+
+    started = time.perf_counter()
+    frame_s = None if frame_ms is None else frame_ms / 1000.0
+    try:
+        path = viewer_file(default_catalog_resource().get(), merge_id, home / "viewers", start, stop, frame_s)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(out) as tmp:
+                tmp.write_bytes(path.read_bytes())
+            path = out
+    except (CatalogError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    size = path.stat().st_size
+    print(f"Wrote {path} ({size / 2**20:.1f} MiB, {time.perf_counter() - started:.1f} s); open it in a browser "
+          f"(offline: it needs nothing else): file://{path.resolve()}")  # fmt: skip
     return 0
 
 

@@ -67,6 +67,23 @@ def fetch_spike_data(
     return [f.times for f in features], [f.features for f in features]
 
 
+def fetch_viewer_source(catalog: Catalog, merge_id: str, verify: str = "fast"):
+    """What ``decoding_assets.viewer`` shows of a decode: its results, grid, position and
+    spike times by electrode group, titled by session, interval and parameter set."""
+    from .viewer import ViewerSource
+
+    selection = catalog.fetch_selection(merge_id)
+    sources = _verified_sources(catalog, merge_id, verify, ("nwb", "waveform_features"))
+    features = read_features(sources.nwb_path, sources.features)
+    return ViewerSource(
+        title=f"{selection.nwb_file_name} · {selection.decoding_interval} · {selection.decoding_param_name} ({merge_id})",
+        results=fetch_results(catalog, merge_id, verify=verify),
+        environment=fetch_environments(catalog, merge_id, verify=verify),
+        position=fetch_position_info(catalog, merge_id, verify=verify),
+        spike_times={source.electrode_group_name: f.times for source, f in zip(sources.features, features)},
+    )
+
+
 def _verified_sources(catalog: Catalog, merge_id: str, verify: str, kinds: Collection[str]) -> DecodeSources:
     return catalog.verify_decode_inputs(catalog.fetch_decode_sources(merge_id), full=_full(verify), kinds=kinds)
 

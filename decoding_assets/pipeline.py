@@ -29,6 +29,7 @@ from catalog.storage import UploadError, is_url, local_form
 
 from . import __version__
 from .decoder import analyses, load_results, save_results
+from .decoder.progress import LoggedProgress
 from .decoder.results import MAX_ERROR_EXPECTED, Keep, is_max_error
 from .files import uploaded
 from .models import check_decoding_params, decoding_model, store_decoding_params
@@ -740,7 +741,8 @@ def _within(times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
 
 
 def decode(
-    catalog: Catalog, merge_id: str, device=None, progress: bool = False, run_id: str | None = None, keep: Keep = Keep()
+    catalog: Catalog, merge_id: str, device=None, progress: bool = False, run_id: str | None = None, keep: Keep = Keep(),
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Run one decoding selection: fit on the encoding interval, decode each piece of
     the decoding interval, write the results (netCDF) and the fitted model, register
@@ -750,7 +752,8 @@ def decode(
     The output paths are recorded as being written by this process (and Dagster run
     ``run_id``) and kept alive while it writes, so ``cleanup`` never takes them. With
     outputs in an object store, both files are written locally (the scratch folder),
-    uploaded, and only then registered."""
+    uploaded, and only then registered. How far the decode has got goes to ``log`` (lines,
+    e.g. a Dagster run's log) if given, else to tqdm bars if ``progress``."""
     started = clock.perf_counter()
     inputs = load_decoding_inputs(catalog, merge_id)
     selection, sources = inputs.selection, inputs.sources
@@ -780,11 +783,14 @@ def decode(
 
     path, model_path = catalog.output_paths(selection, run_id=run_id)
     with catalog.writing([path, model_path], run_id=run_id):
-        return _decode_into(catalog, inputs, model, pieces, is_training, path, model_path, started, keep)
+        label = f"Session {selection.nwb_file_name}, interval {selection.decoding_interval!r}"
+        report = None if log is None else LoggedProgress(log, label)
+        return _decode_into(catalog, inputs, model, pieces, is_training, path, model_path, started, keep, report)
 
 
 def _decode_into(
-    catalog, inputs: DecodingInputs, model, pieces, is_training, path: Path, model_path: Path, started, keep: Keep
+    catalog, inputs: DecodingInputs, model, pieces, is_training, path: Path, model_path: Path, started, keep: Keep,
+    progress,
 ) -> dict:
     selection, sources = inputs.selection, inputs.sources
     merge_id, fs = sources.merge_id, model.sampling_frequency
@@ -833,7 +839,7 @@ def _decode_into(
             with _room_for(bound, path, selection, merge_id):
                 model.predict_to_file(
                     local, inputs.spike_times, inputs.spike_waveform_features, np.concatenate(pieces),
-                    interval_labels=labels, attrs=attrs, keep=keep, **where,
+                    interval_labels=labels, attrs=attrs, keep=keep, progress=progress, **where,
                 )  # fmt: skip
         with _room_for(0, model_path, selection, merge_id):
             model.save_model(local_model)

@@ -175,15 +175,13 @@ def decode_session(
     intervals: list[str] | None = None,
     redecode: bool = False,
     device=None,
-    on_decoded=None,
     run_id: str | None = None,
+    log=None,
 ) -> SessionDecodes:
     """Decode what ``config`` wants in a session and does not have (see ``choose``).
 
     An interval that fails does not stop the others: its error is returned in
-    ``failed``. ``on_decoded(record)`` is called with each decode's record while its
-    results are still open (``record["results"]``), e.g. to plot it; they are closed
-    afterwards."""
+    ``failed``. ``log(line)``, if given, hears how far each decode has got."""
     from .pipeline import decode
 
     with catalog.held():
@@ -195,15 +193,11 @@ def decode_session(
     for item in todo:
         try:
             merge_id = catalog.insert_selection(item.selection)
-            record = decode(catalog, merge_id, device=device, run_id=run_id, keep=config.keep)
+            record = decode(catalog, merge_id, device=device, run_id=run_id, keep=config.keep, log=log)
         except Exception as error:  # one interval's failure is reported, the others go on
             failed.append((item.interval, _one_line(error)))
             continue
-        try:
-            if on_decoded is not None:
-                on_decoded(record)
-        finally:
-            record["results"].close()
+        record["results"].close()
         kept = {k: v for k, v in record.items() if k not in ("results", "position", "position_variables")}
         decoded.append({**kept, "decoding_interval": item.interval})
     chosen = {p.interval for p in todo}

@@ -23,6 +23,7 @@ from . import inference, inputs, model_files
 from . import likelihood as lik
 from . import transitions as tr
 from .environment import Environment
+from .progress import Progress, ProgressBars
 from .results import KEEP_EVERYTHING, Keep, StateLayout, make_results, streaming_results
 
 DEFAULT_CLUSTERLESS_ALGORITHM_PARAMS = {
@@ -257,6 +258,7 @@ class ClusterlessDecoder:
         position: np.ndarray | None = None,
         position_time: np.ndarray | None = None,
         is_missing: np.ndarray | None = None,
+        progress: Progress | None = None,
     ) -> xr.Dataset:
         """Decode: the causal and acausal posteriors over (state, position) per time bin.
 
@@ -267,12 +269,15 @@ class ClusterlessDecoder:
         position : the tracked position, sampled at ``time`` or at ``position_time``;
         bins where it is NaN are treated as missing (as in the reference). Optional for
         models without a Local state.
+        progress : called (stage, done, total) as the decode goes (``decoder.progress``;
+            default: tqdm bars, unless ``disable_progress_bar``).
         """
         decode = self._decoding_inputs(time, spike_times, spike_waveform_features, is_missing, position, position_time)
         n_time, width = decode.time.shape[0], self.layout.width(self.n_bins_)
         posteriors = self._decode(
             decode, inputs.interval_bounds(np.zeros(n_time)), None,
             np.empty((n_time, width), self._out_dtype), np.empty((n_time, width), self._out_dtype),
+            progress or self._progress_bars(),
         )  # fmt: skip
         return self._results(decode.time, posteriors, [posteriors.marginal_log_likelihood])
 
@@ -288,6 +293,7 @@ class ClusterlessDecoder:
         keep: Keep = KEEP_EVERYTHING,
         position: np.ndarray | None = None,
         position_time: np.ndarray | None = None,
+        progress: Progress | None = None,
     ) -> Path:
         """``predict``, writing the results to a netCDF file as it goes instead of holding
         them: memory stays bounded however long the session. The file has
@@ -303,7 +309,8 @@ class ClusterlessDecoder:
             are, into its rows of the one file, and stored as ``interval_labels``.
             Spikes are binned within each interval.
         attrs : extra attributes for the file.
-        position, position_time : as for ``predict``.
+        position, position_time, progress : as for ``predict``; ``progress`` hears of
+            the writing too.
         """
         decode = self._decoding_inputs(time, spike_times, spike_waveform_features, is_missing, position, position_time)
         n_time = decode.time.shape[0]
@@ -314,7 +321,9 @@ class ClusterlessDecoder:
         with streaming_results(
             path, decode.time, self.environments, self._out_dtype, keep, labels, self.layout
         ) as (causal, acausal, finish):
-            posteriors = self._decode(decode, bounds, None, causal, acausal)
+            report = progress or self._progress_bars()
+            posteriors = self._decode(decode, bounds, None, causal, acausal, report)
+            report("writing", 0, 1)
             finish(
                 {
                     "acausal_state_probabilities": posteriors.acausal_state_probabilities,
@@ -327,6 +336,7 @@ class ClusterlessDecoder:
                     "device": self.device_,
                 },
             )
+        report("writing", 1, 1)
         return Path(path)
 
     def compute_log_likelihood(
@@ -345,7 +355,7 @@ class ClusterlessDecoder:
         decode = self._decoding_inputs(time, spike_times, spike_waveform_features, is_missing, position, position_time)
         n_time = decode.time.shape[0]
         with self._compute_context():
-            log_likelihood = self._log_likelihood(decode, inputs.interval_bounds(np.zeros(n_time)), None, None)
+            log_likelihood = self._log_likelihood(decode, inputs.interval_bounds(np.zeros(n_time)), None)
             values = log_likelihood(0, n_time, n_time)
         n_point = self.layout.n_point
         ll = np.full((n_time, n_point + self.n_bins_), np.nan)
@@ -402,7 +412,7 @@ class ClusterlessDecoder:
         # every iteration overwrites the previous one's posteriors
         causal, acausal = (np.empty((n_time, width), self._out_dtype) for _ in range(2))
         while True:
-            posteriors = self._decode(decode, bounds, cache, causal, acausal)
+            posteriors = self._decode(decode, bounds, cache, causal, acausal, self._progress_bars())
             history.append(posteriors.marginal_log_likelihood)
             if estimate_discrete_transition:
                 self.discrete_state_transitions_ = tr.estimate_discrete_transition(
@@ -440,28 +450,29 @@ class ClusterlessDecoder:
         grid = self.initial_conditions_[n_point:].reshape(self.layout.n_grid, *self.environments.centers_shape_)
         return tr.States(jnp.asarray(self.initial_conditions_[:n_point], dtype), jnp.asarray(grid, dtype))
 
-    def _decode(self, decode: inputs.DecodingInputs, bounds, ll_cache, causal_out, acausal_out) -> inference.Posteriors:
+    def _decode(
+        self, decode: inputs.DecodingInputs, bounds, ll_cache, causal_out, acausal_out, progress: Progress
+    ) -> inference.Posteriors:
         """Filter then smooth each interval of ``bounds`` on its own, from the initial
-        conditions, into its rows of the sinks (n_time, K + G * n_bins)."""
+        conditions, into its rows of the sinks (n_time, K + G * n_bins), reporting to
+        ``progress``."""
         env = self.environments
-        n_intervals = len(bounds) - 1
         with self._compute_context():
             dtype = self._jnp_dtype()
             transitions = tr.make_transitions(env, self.movement_var, self.discrete_state_transitions_, dtype)
             initial = self._initial_states(dtype)
-            disable = bool(self.clusterless_algorithm_params["disable_progress_bar"])
-            with tqdm(total=n_intervals * len(decode.spike_times), desc="Likelihood", unit="electrode",
-                      disable=disable) as progress:  # fmt: skip
-                log_likelihood = self._log_likelihood(decode, bounds, ll_cache, progress)
-                parts = []
-                for start, stop in zip(bounds[:-1], bounds[1:]):
-                    parts.append(
-                        inference.filter_and_smooth(
-                            transitions, initial, stop - start,
-                            lambda a, b, rows, start=start: log_likelihood(start + a, start + b, rows),
-                            _Rows(causal_out, start), _Rows(acausal_out, start),
-                        )  # fmt: skip
-                    )
+            log_likelihood = self._log_likelihood(decode, bounds, ll_cache)
+            parts = []
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                parts.append(
+                    inference.filter_and_smooth(
+                        transitions, initial, stop - start,
+                        lambda a, b, rows, start=start: log_likelihood(start + a, start + b, rows),
+                        _Rows(causal_out, start), _Rows(acausal_out, start),
+                        # the intervals one after the other: bins of the whole decode
+                        lambda stage, done, _, start=start: progress(stage, start + done, int(bounds[-1])),
+                    )  # fmt: skip
+                )
         self.device_ = str(self._device())
         return inference.Posteriors(
             causal_out,
@@ -471,7 +482,7 @@ class ClusterlessDecoder:
             float(sum(p.marginal_log_likelihood for p in parts)),
         )  # fmt: skip
 
-    def _log_likelihood(self, decode: inputs.DecodingInputs, bounds, ll_cache, progress):
+    def _log_likelihood(self, decode: inputs.DecodingInputs, bounds, ll_cache):
         """(start, stop, rows) -> ``inference.LogLikelihoods`` of bins [start, stop),
         padded to ``rows``; spans are kept in ``ll_cache`` (a dict) when one is given,
         for EM."""
@@ -491,7 +502,7 @@ class ClusterlessDecoder:
             key = (start, stop, rows)
             if ll_cache is not None and key in ll_cache:
                 return jax.tree.map(jnp.asarray, ll_cache[key])
-            on_grid = lik.log_likelihood_rows(grid, spikes, start, stop, rows, decode.is_missing, max_block, progress)
+            on_grid = lik.log_likelihood_rows(grid, spikes, start, stop, rows, decode.is_missing, max_block)
             if point_log_likelihood is None:
                 point = jnp.zeros((rows, 0), dtype=dtype)
             else:
@@ -507,6 +518,9 @@ class ClusterlessDecoder:
         return log_likelihood
 
     # ------------------------------------------------------------------ helpers
+
+    def _progress_bars(self) -> ProgressBars:
+        return ProgressBars(disable=bool(self.clusterless_algorithm_params["disable_progress_bar"]))
 
     def _position_std(self) -> np.ndarray:
         std = np.asarray(self.clusterless_algorithm_params["position_std"], dtype=float)

@@ -160,6 +160,7 @@ def filter_and_smooth(
     log_likelihood: Callable[[int, int, int], LogLikelihoods],
     causal_out,
     acausal_out,
+    progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
 ) -> Posteriors:
     """Causal and acausal posteriors of a whole decode, one chunk of time at a time.
 
@@ -168,6 +169,8 @@ def filter_and_smooth(
     causal_out, acausal_out : sinks of shape (n_time, K + G * n_bins). The smoother
         reads the causal posterior back from ``causal_out``, so device memory holds one
         chunk whatever the length.
+    progress : called (stage, done, n_time) after each span's likelihood and each
+        chunk filtered or smoothed (``progress.STAGES``).
     """
     interior = transitions.interior
     grid = tuple(interior.shape)
@@ -181,6 +184,7 @@ def filter_and_smooth(
     for span_start in range(0, n_time, span):
         span_stop = min(span_start + span, n_time)
         ll = log_likelihood(span_start, span_stop, span)
+        progress("likelihood", span_stop, n_time)
         for start in range(span_start, span_stop, step):
             stop = min(start + step, n_time)
             rows = slice(start - span_start, start - span_start + step)
@@ -192,6 +196,7 @@ def filter_and_smooth(
             causal_out[start:stop] = np.asarray(flat)[: stop - start]
             causal_states[start:stop] = np.asarray(state_probabilities)[: stop - start]
             predicted_states[start:stop] = np.asarray(predicted)[: stop - start]
+            progress("filter", stop, n_time)
 
     acausal_next = jax.tree.map(jnp.zeros_like, initial)
     for start in reversed(range(0, n_time, step)):
@@ -207,6 +212,7 @@ def filter_and_smooth(
         )
         acausal_out[start:stop] = np.asarray(flat)[: stop - start]
         acausal_states[start:stop] = np.asarray(state_probabilities)[: stop - start]
+        progress("smoother", n_time - start, n_time)
     return Posteriors(
         causal_out, acausal_out, causal_states, acausal_states, predicted_states, float(log_marginal)
     )

@@ -12,7 +12,6 @@ materialized, with its own metadata and checks, as soon as it is decoded; one th
 leaves the others materialized and fails the run, naming it."""
 
 
-import base64
 import contextlib
 import os
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pydantic import Field
 
 from catalog import Catalog, CatalogError
 from decoding_assets import pipeline, plan
-from decoding_assets.plots import plot_decode
+from decoding_assets.viewing import viewer_url
 
 from .parameters import parameter_sets
 from .partitions import decoding_partitions
@@ -78,6 +77,8 @@ def partition_metadata(catalog: Catalog, nwb_file_name: str, config: pipeline.De
             "device": None if output is None else output["device"],
             "created_by": None if output is None else output["created_by"],
             "path": None if output is None else output["path"], "detail": item.detail,
+            # opened by the viewers `decoding-assets ui` serves beside the UI
+            "view": None if output is None else f"[view]({viewer_url(merge_id)})",
         })  # fmt: skip
     table = pd.DataFrame(rows)
     decoded = table[table["status"] == "decoded"] if len(table) else table
@@ -143,20 +144,16 @@ def decode_device(catalog: CatalogResource, log) -> Iterator[str | None]:
 
 
 def decode_partition(
-    cat: Catalog, nwb_file_name: str, decoding: pipeline.DecodingConfig, request: DecodeRequest, device, run_id: str
+    cat: Catalog, nwb_file_name: str, decoding: pipeline.DecodingConfig, request: DecodeRequest, device, run_id: str,
+    log=None,
 ) -> list:
     """Decode one session (partition) and return its materialization and check results;
-    raises ``dg.Failure`` naming the session and each interval that failed."""
-    key, pictures = decoding_asset_key(decoding), []
-
-    def picture(record: dict) -> None:
-        if not pictures:  # the first interval decoded for this session
-            png = plot_decode(record["results"], record["position"], record["position_variables"])
-            pictures.append(f"![decode](data:image/png;base64,{base64.b64encode(png).decode()})")
-
+    raises ``dg.Failure`` naming the session and each interval that failed. ``log(line)``
+    hears how far each decode has got (the run's log)."""
+    key = decoding_asset_key(decoding)
     done = plan.decode_session(
         cat, nwb_file_name, decoding, intervals=request.intervals or None, redecode=request.redecode,
-        device=device, on_decoded=picture, run_id=run_id,
+        device=device, run_id=run_id, log=log,
     )  # fmt: skip
     if done.failed:
         raise dg.Failure(
@@ -170,8 +167,6 @@ def decode_partition(
         decoded_now=", ".join(r["decoding_interval"] for r in done.decoded) or "none (all decoded already)",
         run_seconds=float(sum(r["run_seconds"] for r in done.decoded)),
     )
-    if pictures:
-        metadata["decode"] = dg.MetadataValue.md(pictures[0])
     worst = max((r["max_posterior_sum_error"] for r in done.decoded), default=0.0)
     n_nan = sum(r["n_nan_inside_track"] for r in done.decoded)
     checked = {"intervals_checked": len(done.decoded)}
@@ -237,7 +232,7 @@ def build_decoding_asset(decoding: pipeline.DecodingConfig) -> dg.AssetsDefiniti
         with decode_device(catalog, context.log) as device:
             for nwb_file_name in sessions:
                 try:
-                    events = decode_partition(cat, nwb_file_name, decoding, config, device, context.run_id)
+                    events = decode_partition(cat, nwb_file_name, decoding, config, device, context.run_id, context.log.info)
                 except Exception as error:  # one session's failure is reported, the others go on
                     failed[nwb_file_name] = error.description if isinstance(error, dg.Failure) else _one_line(error)
                     context.log.error(f"Session {nwb_file_name}: {failed[nwb_file_name]}")

@@ -13,6 +13,7 @@ from decoding_assets.fetch import fetch_position_info, fetch_results, fetch_spik
 from decoding_assets.nwb import write_demo_session
 from decoding_assets.pipeline import load_config
 from decoding_assets.position import GROUP_MAX_GAP_S, interpolate_by_time
+from decoding_assets.viewing import viewer_url
 
 pytestmark = [pytest.mark.pipeline_on_postgres, pytest.mark.xdist_group("demo")]
 
@@ -77,11 +78,17 @@ def test_whole_graph_for_the_demo_session(demo_home):
     assert instance.get_materialized_partitions(key) == {"demo.nwb"}  # one partition: the session
     record = instance.fetch_materializations(key, limit=1).records[0]
     metadata = record.asset_materialization.metadata
-    assert {"intervals", "outputs", "n_decoded", "median_decoding_error_cm", "run_seconds", "decode"} <= set(metadata)
+    assert {"intervals", "outputs", "n_decoded", "median_decoding_error_cm", "run_seconds"} <= set(metadata)
     assert set(metadata["outputs"].value) == {o["merge_id"] for o in outputs}
     assert metadata["n_decoded"].value == metadata["n_intervals"].value == 5
     assert all(o["decoding_interval"] in metadata["intervals"].value for o in outputs)
-    assert metadata["decode"].value.startswith("![decode](data:image/png;base64,")
+    assert "decode" not in metadata  # no picture in the event log: the viewer link shows the decode
+    # each decoded interval links to its viewer, served beside the UI
+    assert all(f"[view]({viewer_url(o['merge_id'])})" in metadata["intervals"].value for o in outputs)
+    # how far each decode had got went to the run's log while it ran
+    messages = [event.user_message for event in instance.all_logs(record.run_id)]
+    for stage in ("likelihood 100%", "filter 100%", "smoother 100%", "results written"):
+        assert any(stage in m and "Session demo.nwb, interval 'epoch0_block1_trial1'" in m for m in messages), stage
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(key, "no_nan_inside_track")]
     )
@@ -190,3 +197,52 @@ def test_dagster_keeps_its_runs_beside_the_catalog(demo_home, catalog_backend):
         assert "postgres" not in (dagster_home / "dagster.yaml").read_text()
         instance = dg.DagsterInstance.from_config(str(dagster_home))
         assert len(instance.get_run_records()) >= n_runs
+
+
+def test_the_viewers_of_a_demo_decode(demo_home, tmp_path, capsys):
+    """`decoding-assets view` writes an interval of a decode; the server `decoding-assets
+    ui` starts serves the whole decode, once built, and names what it cannot show."""
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from decoding_assets import cli
+    from decoding_assets.viewing import serve_viewers
+
+    catalog = demo_home.catalog()
+    merge_id = demo_home.outputs[0]["merge_id"]
+    with fetch_results(catalog, merge_id) as results:
+        t0 = float(results["time"].values[0])
+    out = tmp_path / "interval.html"
+    argv = ["--home", str(demo_home.home), "view", merge_id, "--start", str(t0 + 1), "--stop", str(t0 + 6), "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert f"Wrote {out}" in capsys.readouterr().out
+    page = out.read_text()
+    start = page.index('type="application/json">') + len('type="application/json">')
+    data = json.loads(page[start : page.index("</script>", start)])
+    assert data["n_frames"] == 2500 and data["t0"] == pytest.approx(t0 + 1, abs=0.002)  # 5 s at 2 ms
+    assert data["groups"] == [f.electrode_group_name for f in catalog.fetch_decode_sources(merge_id).features]
+    assert cli.main(["--home", str(demo_home.home), "view", "no-such-decode"]) == 1
+    assert "no-such-decode" in capsys.readouterr().err
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "viewers"
+    server = serve_viewers(lambda: catalog, folder, port)
+    try:
+        for _ in range(2):  # built once, then the same file
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/view/{merge_id}", timeout=120) as response:
+                body = response.read().decode()
+            assert response.status == 200 and '<canvas id="posterior"' in body and demo_home.outputs[0]["decoding_interval"] in body
+        assert len(list(folder.iterdir())) == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            index = response.read().decode()
+        assert all(o["merge_id"] in index for o in demo_home.outputs)
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/view/no-such-decode", timeout=30)
+        assert missing.value.code == 404 and "no-such-decode" in missing.value.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
