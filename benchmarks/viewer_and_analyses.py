@@ -37,7 +37,7 @@ def decode(folder: Path, minutes: float) -> None:
     """Simulate and decode; leave results.nc, the grid, the position and the spikes in ``folder``."""
     import pandas as pd
 
-    from decoding_assets.decoder import ContFragClusterlessClassifier, Environment
+    from decoding_assets.decoder import ContFragClusterlessClassifier, Environment, Keep
     from decoding_assets.decoder.simulate import simulate_open_field
 
     session = simulate_open_field(duration=ENCODING_S + 60.0 * minutes, n_tetrodes=16, seed=0)
@@ -47,7 +47,7 @@ def decode(folder: Path, minutes: float) -> None:
             is_training=train)  # fmt: skip
     start = time.perf_counter()
     clf.predict_to_file(folder / "results.nc", session.spike_times, session.spike_waveform_features,
-                        session.position_time[~train])  # fmt: skip
+                        session.position_time[~train], keep=Keep())  # fmt: skip
     print(f"decoded {(~train).sum()} bins in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     clf.save_model(folder / "model.nc")
     velocity = np.gradient(session.position, session.position_time, axis=0)

@@ -10,9 +10,10 @@ speed, and a spike raster by electrode group.
 
 Frames are prepared in the page from compressed data, not drawn here one image per bin:
 each frame is the mean posterior over ``frame_s`` (the decode's bins, or coarser so a
-long epoch keeps at most ``MAX_FRAMES``), scaled to its own maximum in 8 bits, cropped
-to the track, and packed ``FRAMES_PER_CHUNK`` frames to a zlib chunk that the page
-inflates when the slider reaches it (``DecompressionStream``, in every current browser).
+long epoch keeps at most ``MAX_FRAMES``), scaled to its own maximum in ``LEVELS``
+levels, cropped to the track, and packed ``FRAMES_PER_CHUNK`` frames to a zlib chunk,
+each cell's changes from frame to frame in a row, that the page inflates and adds up
+when the slider reaches it (``DecompressionStream``, in every current browser).
 The posterior is read from the results file a chunk at a time: memory stays bounded.
 """
 
@@ -35,9 +36,11 @@ from .decoder.environment import Environment
 from .files import atomic_write
 from .position import GROUP_MAX_GAP_S, interpolate_angle, interpolate_by_time
 
+PAGE_VERSION = 1  # what a page holds and how: pages written before a change are written again
 MAX_FRAMES = 50_000
 FRAMES_PER_CHUNK = 256
-_ZLIB_LEVEL = 6
+LEVELS = 64  # levels of a frame: 6 bits; a heatmap shows no more, and the file is half of 8 bits'
+_ZLIB_LEVEL = 9
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def _page_data(source: ViewerSource, start, stop, frame_s) -> dict:
     chunks = []
     for block in stream_position_posterior(window, rows=per_frame * FRAMES_PER_CHUNK):
         values = block.values.reshape(block.shape[0], -1)[:, layout["cells"]]
-        chunks.append(_pack(_quantize(_frame_means(values, per_frame))))
+        chunks.append(_pack(_along_time(_quantize(_frame_means(values, per_frame)))))
 
     probabilities = np.asarray(window["acausal_state_probabilities"].values, dtype=float)
     states = _frame_means(probabilities, per_frame)
@@ -149,6 +152,7 @@ def _page_data(source: ViewerSource, start, stop, frame_s) -> dict:
         "tracks": {name: _pack(values.astype(np.float32)) for name, values in tracks.items()},
         "groups": list(spikes),
         "spikes": list(spikes.values()),
+        "levels": LEVELS,
         "colormap": _pack(_colormap()),
     }
 
@@ -220,11 +224,19 @@ def _frame_means(values: np.ndarray, per_frame: int) -> np.ndarray:
 
 
 def _quantize(frames: np.ndarray) -> np.ndarray:
-    """Each frame scaled to its own maximum, 0..255 (0 also where NaN: off the track or
-    not decoded)."""
+    """Each frame scaled to its own maximum, in ``LEVELS`` levels 0..LEVELS-1 (0 also where
+    NaN: off the track or not decoded)."""
     frames = np.nan_to_num(frames, nan=0.0)
     top = frames.max(axis=1, keepdims=True)
-    return np.round(255.0 * frames / np.where(top > 0, top, 1.0)).clip(0, 255).astype(np.uint8)
+    return np.round((LEVELS - 1) * frames / np.where(top > 0, top, 1.0)).clip(0, LEVELS - 1).astype(np.uint8)
+
+
+def _along_time(levels: np.ndarray) -> np.ndarray:
+    """(frames, cells) -> (cells, frames) of each cell's change since the frame before
+    (the first frame as it is), modulo 256: neighbouring frames differ little, and a
+    cell's run of small changes compresses far better than whole frames."""
+    changes = np.diff(levels.astype(np.int16), axis=0, prepend=0) % 256
+    return np.ascontiguousarray(changes.astype(np.uint8).T)
 
 
 def _pack(values: np.ndarray) -> str:
@@ -234,10 +246,10 @@ def _pack(values: np.ndarray) -> str:
 
 
 def _colormap() -> np.ndarray:
-    """(256, 3) uint8: matplotlib's viridis, for the posterior."""
+    """(LEVELS, 3) uint8: matplotlib's viridis, for the posterior."""
     from matplotlib import colormaps
 
-    return np.round(colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    return np.round(colormaps["viridis"](np.linspace(0, 1, LEVELS))[:, :3] * 255).astype(np.uint8)
 
 
 def _escape(text: str) -> str:

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from catalog import Catalog, CatalogError
 
-from .viewer import write_viewer
+from .viewer import PAGE_VERSION, write_viewer
 
 DEFAULT_VIEWER_URL = "http://127.0.0.1:3001"
 
@@ -38,11 +38,12 @@ def viewer_file(
     frame_s: float | None = None,
 ) -> Path:  # fmt: skip
     """The viewer of a decode (between ``start`` and ``stop``) in ``folder``: written the
-    first time, then reused while the decode's results file is the same one."""
+    first time, then reused while the decode's results file (and the page's format) is
+    the same."""
     from .fetch import fetch_viewer_source
 
     output = catalog.fetch_output(merge_id)
-    key = hashlib.sha256(repr((output["checksum"], start, stop, frame_s)).encode()).hexdigest()[:12]
+    key = hashlib.sha256(repr((output["checksum"], start, stop, frame_s, PAGE_VERSION)).encode()).hexdigest()[:12]
     path = Path(folder) / f"{merge_id}-{key}.html"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

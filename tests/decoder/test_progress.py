@@ -33,7 +33,7 @@ def test_every_stage_is_reported_in_order_up_to_the_whole_decode(fitted, tmp_pat
         reports = [(done, total) for s, done, total in heard if s == stage]
         assert all(total == time.size for _, total in reports)
         done = [d for d, _ in reports]
-        assert done == sorted(done) and done[-1] == time.size and len(done) > 2, stage
+        assert done == sorted(done) and done[-1] == time.size and len(done) >= 2, stage  # at least once per interval
     assert [(d, t) for s, d, t in heard if s == "writing"] == [(0, 1), (1, 1)]
     assert heard[-1] == ("writing", 1, 1)
     # the filter of the first interval ends before its smoother starts
