@@ -813,15 +813,18 @@ def _decode_into(
             span = np.arange(sources.decoding_times[0, 0], sources.decoding_times[-1, 1], 1.0 / fs)
             results = model.estimate_parameters(
                 position_time, position, inputs.spike_times, inputs.spike_waveform_features, time=span,
-                is_training=is_training, is_missing=~_within(span, sources.decoding_times),
+                is_training=is_training, is_missing=~_within(span, sources.decoding_times), progress=progress,
             )  # fmt: skip
             label = np.full(span.size, -1)
             for k, piece in enumerate(sources.decoding_times):
                 label[_within(span, piece[np.newaxis])] = k
             results = results.assign_coords(interval_labels=("time", label)).isel(time=label >= 0)
             results.attrs.update(attrs, device=model.device_)
+            report = progress or (lambda stage, done, total: None)
             with _room_for(results.nbytes, path, selection, merge_id):
+                report("writing", 0, 1)
                 save_results(results, local, keep)
+                report("writing", 1, 1)
         else:
             # each piece decoded on its own, streamed into one file; a piece too short for a
             # single bin is skipped and the labels keep every other piece's index

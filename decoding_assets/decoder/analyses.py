@@ -98,7 +98,8 @@ def analyze(
     time = results["time"].values
     n_time = time.size
     centers = environment.place_bin_centers_
-    cell = _bin_sizes(environment)
+    interior = np.flatnonzero(environment.is_track_interior_.ravel())  # the posterior is 0 elsewhere
+    cell = _bin_sizes(environment)[interior]
     _, states, _ = _grid_layout(results, "acausal_posterior")
     tracked = heading = distances = None
     if position is not None:
@@ -121,8 +122,9 @@ def analyze(
         stop = start + block.shape[0]
         block = np.nan_to_num(block)
         decoded_bin[start:stop] = np.where(block.sum(axis=1) > 0, block.argmax(axis=1), -1)  # -1: a skipped bin
+        inside = block[:, interior]
         for part in range(0, block.shape[0], 1024):  # the sort's copies stay small
-            hpd[start + part : min(start + part + 1024, stop)] = _hpd_area(block[part : part + 1024], cell, mass)
+            hpd[start + part : min(start + part + 1024, stop)] = _hpd_area(inside[part : part + 1024], cell, mass)
         if distances is not None:
             here = np.arange(start, stop)[decoded_bin[start:stop] >= 0]
             error[here], ahead[here] = distances.measure(tracked[here], heading[here], decoded_bin[here])
@@ -213,16 +215,23 @@ def _hpd_area(block: np.ndarray, cell: np.ndarray, mass: float) -> np.ndarray:
     """(rows,) the area of the fewest bins, largest first, holding ``mass`` of each row.
 
     Rows are normalized first: a posterior stored within a bound sums to 1 only within
-    that bound times its bins."""
-    order = np.argsort(-block, axis=1)
-    ranked = np.take_along_axis(block, order, axis=1)
+    that bound times its bins. Bins of one size (a 2D grid) need only the values sorted;
+    bins of several sizes (a track's edges) need the order too."""
+    uniform = np.allclose(cell, cell[0])
+    if uniform:
+        ranked = -np.sort(-block, axis=1)
+    else:
+        order = np.argsort(-block, axis=1)
+        ranked = np.take_along_axis(block, order, axis=1)
     total = ranked.sum(axis=1, keepdims=True)
     cumulative = np.cumsum(ranked, axis=1) / np.where(total > 0, total, 1.0)
     # bins before the one that reaches the mass, and that one (a float tolerance keeps
     # an exact mass, e.g. 0.5 + 0.5, from needing one bin more)
     needed = np.minimum((cumulative < mass - 1e-6).sum(axis=1) + 1, block.shape[1])  # an empty row: masked below
-    areas = np.cumsum(cell[order], axis=1)
-    area = np.take_along_axis(areas, (needed - 1)[:, np.newaxis], axis=1)[:, 0]
+    if uniform:
+        area = needed * cell[0]
+    else:
+        area = np.take_along_axis(np.cumsum(cell[order], axis=1), (needed - 1)[:, np.newaxis], axis=1)[:, 0]
     return np.where(total[:, 0] > 0, area, np.nan)
 
 
@@ -290,14 +299,16 @@ class _GridDistances:
         out[ok] = flat
         return out
 
-    def _rows(self, sources: np.ndarray) -> dict[int, np.ndarray]:
-        new = [s for s in np.unique(sources) if s not in self.cache]
+    def _rows(self, sources: np.ndarray) -> np.ndarray:
+        """(len(sources), n_bins) path lengths from each of ``sources`` (distinct bins)."""
+        new = [int(s) for s in sources if int(s) not in self.cache]
+        if len(self.cache) + len(new) > _SOURCE_CACHE:  # start afresh with what this block needs
+            self.cache.clear()
+            new = [int(s) for s in sources]
         if new:
-            if len(self.cache) + len(new) > _SOURCE_CACHE:
-                self.cache.clear()
             for s, row in zip(new, csgraph.dijkstra(self.graph, indices=new)):
-                self.cache[int(s)] = row
-        return self.cache
+                self.cache[s] = row
+        return np.stack([self.cache[int(s)] for s in sources])
 
     def measure(self, tracked: np.ndarray, heading: np.ndarray, decoded: np.ndarray):
         """(error, ahead_behind) per time bin: the straight-line distance to the decoded
@@ -307,8 +318,9 @@ class _GridDistances:
         source = self._bin_of(tracked)
         path = np.full(tracked.shape[0], np.nan)
         known = source >= 0
-        rows = self._rows(source[known])
-        path[known] = [rows[int(s)][d] for s, d in zip(source[known], decoded[known])]
+        if known.any():
+            sources, which = np.unique(source[known], return_inverse=True)
+            path[known] = self._rows(sources)[which, decoded[known]]
         # from the animal's own point, not its bin's centre; the decoded bin itself is 0 away
         path = np.where(source == decoded, error, path + np.linalg.norm(self.centers[np.maximum(source, 0)] - tracked, axis=1))
         path[~np.isfinite(path)] = np.nan

@@ -377,6 +377,7 @@ class ClusterlessDecoder:
         max_iter: int = 20,
         tolerance: float = 1e-4,
         estimate_inital_conditions: bool | None = None,
+        progress: Progress | None = None,
     ) -> xr.Dataset:
         """Fit, then re-estimate the discrete transitions and initial conditions by EM.
 
@@ -393,6 +394,7 @@ class ClusterlessDecoder:
         Returns the results of the last E step; ``marginal_log_likelihoods`` lists
         every iteration's. ``estimate_inital_conditions`` is the reference's spelling of
         ``estimate_initial_conditions``, accepted so that its code runs unchanged.
+        ``progress`` hears of each iteration's filter and smoother (as for ``predict``).
         """
         if estimate_inital_conditions is not None:
             estimate_initial_conditions = estimate_inital_conditions
@@ -412,7 +414,7 @@ class ClusterlessDecoder:
         # every iteration overwrites the previous one's posteriors
         causal, acausal = (np.empty((n_time, width), self._out_dtype) for _ in range(2))
         while True:
-            posteriors = self._decode(decode, bounds, cache, causal, acausal, self._progress_bars())
+            posteriors = self._decode(decode, bounds, cache, causal, acausal, progress or self._progress_bars())
             history.append(posteriors.marginal_log_likelihood)
             if estimate_discrete_transition:
                 self.discrete_state_transitions_ = tr.estimate_discrete_transition(

@@ -165,6 +165,25 @@ def test_a_decode_records_its_analyses_where_the_catalog_can_query_them(decoded)
     assert cat.db.query("SELECT merge_id FROM decoding_outputs WHERE median_decoding_error_cm < 0").empty
 
 
+def test_a_decode_with_em_reports_its_progress_and_iterations(decoded):
+    """estimate_decoding_params: EM over the interval; each iteration's filter and
+    smoother and the writing go to the log given."""
+    cat, name, _ = decoded
+    config = pipeline.load_config()
+    em = dataclasses.replace(config["decodings"][0], name="em", estimate_decoding_params=True)
+    merge_id = pipeline.select(cat, name, "epoch2_block1_trial1", em)
+    lines = []
+    out = pipeline.decode(cat, merge_id, log=lines.append)
+    out["results"].close()
+    where = f"Session {name}, interval 'epoch2_block1_trial1'"
+    assert all(line.startswith(where) for line in lines)
+    for stage in ("filter 100%", "smoother 100%", "writing the results", "results written"):
+        assert any(stage in line for line in lines), stage
+    with fetch_results(cat, merge_id) as results:
+        iterations = np.atleast_1d(results.attrs["marginal_log_likelihoods"])
+    assert iterations.size >= 2 and (np.diff(iterations) > -1e-3 * np.abs(iterations[1:])).all()  # EM does not lose
+
+
 def test_compaction_keeps_every_row_and_constraint(decoded):
     """Rebuilding a DuckDB catalog's tables keeps every row of every table and every
     constraint; the catalog works on as before. PostgreSQL keeps its own indexes."""

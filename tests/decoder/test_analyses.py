@@ -190,3 +190,36 @@ def test_bad_arguments_are_named(tmp_path):
         analyze(results, env, np.zeros((2, 2)))
     with pytest.raises(ValueError, match="mass"):
         analyze(results, env, mass=0.0)
+
+
+def test_paths_are_the_same_when_few_are_kept(tmp_path, monkeypatch):
+    """The 2D shortest paths are kept for a bounded number of the animal's bins: with
+    room for one, every block still gets each of its bins' paths."""
+    from decoding_assets.decoder import analyses
+
+    env = open_field()
+    results = write(env, field_case(env), tmp_path, Keep())
+    position = np.array([[15.0, 5.0], [5.0, 25.0], [35.0, 25.0]])  # three bins
+    heading = np.full(3, -2.0)  # south-west: no decoded position square to it
+    expected = analyze(results, env, position, heading)["ahead_behind_distance"].values
+    monkeypatch.setattr(analyses, "_SOURCE_CACHE", 1)
+    for rows in (1, 2, 3):
+        np.testing.assert_array_equal(analyze(results, env, position, heading, rows=rows)["ahead_behind_distance"].values, expected)
+    assert np.isfinite(expected).all()
+
+
+def test_hpd_length_with_bins_of_several_sizes(tmp_path):
+    """A stem of 40 cm (bins of 10) and an arm of 25 cm (bins of 25/3): the region's
+    length adds up the sizes of the bins it takes, largest values first."""
+    graph = nx.Graph()
+    for node, pos in {0: (0, 0), 1: (40, 0), 2: (40, 25)}.items():
+        graph.add_node(node, pos=pos)
+    graph.add_edge(0, 1, distance=40.0, edge_id=0)
+    graph.add_edge(1, 2, distance=25.0, edge_id=1)
+    env = Environment(place_bin_size=10.0, track_graph=graph, edge_order=[(0, 1), (1, 2)], edge_spacing=0.0)
+    env.fit_place_grid(np.zeros((1, 2)))
+    posterior = np.zeros((1, 7))
+    posterior[0, [1, 5, 6]] = [0.5, 0.3, 0.2]
+    results = write(env, posterior, tmp_path, Keep(max_error=None))
+    for mass, length in [(0.5, 10.0), (0.8, 10.0 + 25 / 3), (1.0, 10.0 + 50 / 3)]:
+        assert analyze(results, env, mass=mass)["hpd_area"].item() == pytest.approx(length), mass
