@@ -10,8 +10,10 @@ the default ``--repeats 3`` on 2 cores, about a third of it the fresh processes)
 
 1. A warm predict split into its parts: the likelihood (its setup, its spans and, within
    them, ``add_spike_terms`` and the position kernels), the filter scans
-   with the layout to and from the stored form (``inference._filter_stored``), the
-   smoother's (``inference._smooth_stored``), the copies
+   with the layout to and from the stored form (``inference._filter_stored``; on a
+   track on the CPU, ``track_inference``'s ``factors`` and ``filter_chunk``), the
+   smoother's (``inference._smooth_stored``; on a track ``walk_causal`` and
+   ``smoother_chunk``), the copies
    between device and host and the writes into the output arrays,
    ``transitions.make_transitions``, and the rest. Seconds and microseconds per decoded
    time bin. The package is not edited: for the instrumented runs the script replaces
@@ -182,7 +184,7 @@ def instrumented(split: Split):
     """Replace what predict calls by timing wrappers; restore everything on exit."""
     import jax
 
-    from decoding_assets.decoder import clusterless, inference
+    from decoding_assets.decoder import clusterless, inference, track_inference
     from decoding_assets.decoder import likelihood as lik
     from decoding_assets.decoder import transitions as tr
 
@@ -239,6 +241,11 @@ def instrumented(split: Split):
         # one compiled call per chunk each: the scan with the layout to and from the stored form
         (inference, "_filter_stored", _timed(split, inference._filter_stored, "filter")),
         (inference, "_smooth_stored", _timed(split, inference._smooth_stored, "smoother")),
+        # on a track, on the CPU: numba's loops, and the NumPy work around them
+        (track_inference, "factors", _timed(split, track_inference.factors, "filter")),
+        (track_inference, "filter_chunk", _timed(split, track_inference.filter_chunk, "filter")),
+        (track_inference, "walk_causal", _timed(split, track_inference.walk_causal, "smoother")),
+        (track_inference, "smoother_chunk", _timed(split, track_inference.smoother_chunk, "smoother")),
         (inference, "np", _TimedAsarray(inference.np, split, "device->host (np.asarray)")),
         (inference, "jnp", _TimedAsarray(inference.jnp, split, "host->device (jnp.asarray)")),
         (tr, "make_transitions", _timed(split, tr.make_transitions, "make_transitions")),
@@ -290,8 +297,8 @@ def rows_of(main: dict, fine: dict, total: float, plain: float) -> list[tuple[st
         ("· · `add_spike_terms` ¹", fs["add_spike_terms"], fc["add_spike_terms"]),
         ("· · position kernels + interior gather ¹", fs["position kernels"], fc["position kernels"]),
         ("· · the rest of the spans (ll init, missing `where`, block prep) ¹", fine_rest, ""),
-        ("**filter** (`_filter_stored`: the scan and the stored layout)", s["filter"], c["filter"]),
-        ("**smoother** (`_smooth_stored`: the scan and the stored layout)", s["smoother"], c["smoother"]),
+        ("**filter** (`_filter_stored`; on a track `track_inference.factors`, `filter_chunk`)", s["filter"], c["filter"]),
+        ("**smoother** (`_smooth_stored`; on a track `track_inference.walk_causal`, `smoother_chunk`)", s["smoother"], c["smoother"]),
         ("**device<->host copies and writes**", copies, sum(c[k] for k in COPIES)),
         *((f"· {k}", s[k], c[k]) for k in COPIES),
         ("**make_transitions**", s["make_transitions"], c["make_transitions"]),

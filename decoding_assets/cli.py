@@ -551,6 +551,7 @@ def _ui(home: Path, port: int, viewer_port: int) -> int:
         return subprocess.call(cmd)
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def _view(home: Path, merge_id: str, start, stop, frame_ms, out: Path | None) -> int:

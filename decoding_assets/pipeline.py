@@ -865,13 +865,7 @@ def _decode_into(
     )
     if is_url(path):
         results = load_results(path)  # lazily, from the store
-    return {
-        **record,
-        **summary,
-        "results": results,
-        "position": inputs.position,
-        "position_variables": inputs.position_variables,
-    }
+    return {**record, **summary, "results": results}
 
 
 @contextlib.contextmanager

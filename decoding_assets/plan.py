@@ -198,7 +198,7 @@ def decode_session(
             failed.append((item.interval, _one_line(error)))
             continue
         record["results"].close()
-        kept = {k: v for k, v in record.items() if k not in ("results", "position", "position_variables")}
+        kept = {k: v for k, v in record.items() if k != "results"}
         decoded.append({**kept, "decoding_interval": item.interval})
     chosen = {p.interval for p in todo}
     return SessionDecodes(

@@ -53,7 +53,7 @@ def stream_position_posterior(
     """The position posterior, summed over the states on the grid, ``rows`` time bins at
     a time: (rows, x_position, y_position) or (rows, position), NaN outside the track.
     Each block is read from the file as it is asked for."""
-    grid, states, axes = _grid_layout(results, name)
+    states, axes = _grid_layout(results, name)
     time = results["time"].values
     for start in range(0, time.size, rows):
         values = _position_block(results[name], start, start + rows, states)
@@ -100,7 +100,7 @@ def analyze(
     centers = environment.place_bin_centers_
     interior = np.flatnonzero(environment.is_track_interior_.ravel())  # the posterior is 0 elsewhere
     cell = _bin_sizes(environment)[interior]
-    _, states, _ = _grid_layout(results, "acausal_posterior")
+    states, _ = _grid_layout(results, "acausal_posterior")
     tracked = heading = distances = None
     if position is not None:
         position = np.asarray(position, dtype=float).reshape(len(position), -1)
@@ -176,22 +176,20 @@ def summarize(measures: xr.Dataset, results: xr.Dataset) -> DecodeSummary:
 # ---------------------------------------------------------------- the posterior, by blocks
 
 
-def _grid_layout(results: xr.Dataset, name: str) -> tuple[tuple[int, ...], tuple[int, int] | None, dict]:
-    """The grid's shape, (n_point, n_grid) states when the posterior is per state (None
-    when it was kept summed), and the grid's axes."""
+def _grid_layout(results: xr.Dataset, name: str) -> tuple[tuple[int, int] | None, dict]:
+    """(n_point, n_grid) states when the posterior is per state (None when it was kept
+    summed), and the grid's axes."""
     posterior = results[name]
     if "state_bins" not in posterior.dims:
-        axes = {d: results[d].values for d in posterior.dims[1:]}
-        return tuple(len(a) for a in axes.values()), None, axes
+        return None, {d: results[d].values for d in posterior.dims[1:]}
     index = posterior.indexes["state_bins"]
     position = np.stack([np.asarray(index.get_level_values(k), dtype=float) for k in range(1, index.nlevels)], axis=1)
     on_grid = ~np.isnan(position).any(axis=1)  # a state of one bin (the detector's Local) has no position
     n_point = int(np.argmax(on_grid)) if on_grid.any() else on_grid.size
     names = list(index.names[1:])
     axes = {n: np.unique(position[on_grid, k]) for k, n in enumerate(names)}
-    grid = tuple(len(a) for a in axes.values())
-    n_grid = (on_grid.size - n_point) // int(np.prod(grid))
-    return grid, (n_point, n_grid), axes
+    n_grid = (on_grid.size - n_point) // int(np.prod([len(a) for a in axes.values()]))
+    return (n_point, n_grid), axes
 
 
 def _position_block(posterior: xr.DataArray, start: int, stop: int, states) -> np.ndarray:
@@ -340,24 +338,13 @@ class _TrackDistances:
         ordered = environment._ordered_edges()
         nodes = list(graph.nodes)
         number = {node: k for k, node in enumerate(nodes)}
-        adjacency = sparse.lil_matrix((len(nodes), len(nodes)))
-        for u, v in graph.edges:
-            adjacency[number[u], number[v]] = adjacency[number[v], number[u]] = _edge_length(graph, u, v)
-        between = csgraph.dijkstra(adjacency.tocsr(), directed=False)
         self.edge_index = environment.bin_edge_index_
         self.offset = environment.bin_edge_offset_
         self.ends = np.array([[number[u], number[v]] for u, v in ordered])
         self.lengths = np.array([_edge_length(graph, u, v) for u, v in ordered])
         position = nx_positions(graph, nodes)
         self.direction = np.array([np.arctan2(*(position[number[v]] - position[number[u]])[::-1]) for u, v in ordered])
-        on_track = self.edge_index >= 0
-        # node -> bin: out of the bin's edge through its start or its end node
-        self.node_to_bin = np.full((len(nodes), self.edge_index.size), np.inf)
-        e = self.edge_index[on_track]
-        self.node_to_bin[:, on_track] = np.minimum(
-            between[:, self.ends[e, 0]] + self.offset[on_track],
-            between[:, self.ends[e, 1]] + (self.lengths[e] - self.offset[on_track]),
-        )
+        self.node_to_bin = environment.node_bin_distances()
         centers = environment.place_bin_centers_[:, 0]
         self.edge_start = np.array([np.nanmin(centers[self.edge_index == k] - self.offset[self.edge_index == k])
                                     for k in range(len(ordered))])  # fmt: skip

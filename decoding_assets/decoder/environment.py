@@ -196,13 +196,10 @@ class Environment:
         self.bin_edge_offset_ = np.asarray(edge_offset)
         self.is_track_interior_ = self.bin_edge_index_ >= 0
 
-    def track_bin_distances(self) -> np.ndarray:
-        """Shortest-path distance along the track graph between bin centres, (n_bins, n_bins).
-
-        Gap bins are at infinite distance from everything. Two bins on one edge are
-        |offset difference| apart; otherwise the path leaves through an end of one edge,
-        follows the graph and enters through an end of the other.
-        """
+    def node_bin_distances(self) -> np.ndarray:
+        """Shortest-path distance along the track graph from each of its nodes (in
+        ``track_graph.nodes`` order) to each bin centre, (n_nodes, n_bins): out through
+        the bin's edge's start node or its end node. Gap bins are at infinite distance."""
         ordered = self._ordered_edges()
         nodes = list(self.track_graph.nodes)
         number = {node: k for k, node in enumerate(nodes)}
@@ -211,16 +208,36 @@ class Environment:
             for target, length in row.items():
                 between[number[source], number[target]] = length
         index, offset = self.bin_edge_index_, self.bin_edge_offset_
+        on_track = index >= 0
+        lengths = np.array([_edge_length(self.track_graph, u, v) for u, v in ordered])
+        ends = np.array([[number[u], number[v]] for u, v in ordered])[index[on_track]]
+        distance = np.full((len(nodes), index.size), np.inf)
+        distance[:, on_track] = np.minimum(
+            between[:, ends[:, 0]] + offset[on_track],
+            between[:, ends[:, 1]] + (lengths[index[on_track]] - offset[on_track]),
+        )
+        return distance
+
+    def track_bin_distances(self) -> np.ndarray:
+        """Shortest-path distance along the track graph between bin centres, (n_bins, n_bins).
+
+        Gap bins are at infinite distance from everything. Two bins on one edge are
+        |offset difference| apart; otherwise the path leaves through an end of one edge
+        and goes on to the other bin (``node_bin_distances``).
+        """
+        ordered = self._ordered_edges()
+        number = {node: k for k, node in enumerate(self.track_graph.nodes)}
+        from_node = self.node_bin_distances()
+        index, offset = self.bin_edge_index_, self.bin_edge_offset_
         on_track = np.flatnonzero(index >= 0)
         lengths = np.array([_edge_length(self.track_graph, u, v) for u, v in ordered])
         # each bin's two ways off its edge: through its start node, and through its end node
         ends = np.array([[number[u], number[v]] for u, v in ordered])[index[on_track]]
         to_ends = np.column_stack([offset[on_track], lengths[index[on_track]] - offset[on_track]])
-        best = np.full((on_track.size, on_track.size), np.inf)
-        for i in range(2):
-            for j in range(2):
-                via = to_ends[:, i, np.newaxis] + between[np.ix_(ends[:, i], ends[:, j])] + to_ends[np.newaxis, :, j]
-                best = np.minimum(best, via)
+        best = np.minimum(
+            to_ends[:, 0, np.newaxis] + from_node[np.ix_(ends[:, 0], on_track)],
+            to_ends[:, 1, np.newaxis] + from_node[np.ix_(ends[:, 1], on_track)],
+        )
         same_edge = index[on_track][:, np.newaxis] == index[on_track][np.newaxis, :]
         along = np.abs(offset[on_track][:, np.newaxis] - offset[on_track][np.newaxis, :])
         best = np.where(same_edge, np.minimum(best, along), best)

@@ -171,51 +171,139 @@ def filter_and_smooth(
         chunk whatever the length.
     progress : called (stage, done, n_time) after each span's likelihood and each
         chunk filtered or smoothed (``progress.STAGES``).
+
+    On the CPU, a track (a grid of one axis) in float32 runs the scans compiled by numba
+    (``track_inference``); everything else runs the XLA scans below.
     """
     interior = transitions.interior
-    grid = tuple(interior.shape)
     n_point, n_grid = initial.point.shape[0], initial.grid.shape[0]
-    width = n_point + n_grid * int(np.prod(grid))
-    interior_index = jnp.asarray(np.flatnonzero(np.asarray(interior).ravel() > 0))
+    width = n_point + n_grid * int(np.prod(interior.shape))
+    interior_index = np.flatnonzero(np.asarray(interior).ravel() > 0)
     step, span = chunk_lengths(n_time, width, int(interior_index.shape[0]))
+    on_cpu = all(device.platform == "cpu" for device in interior.devices())
+    compiled_for_track = interior.ndim == 1 and initial.grid.dtype == jnp.float32 and on_cpu
+    scans = (_track_scans if compiled_for_track else _xla_scans)(transitions, interior_index, step, width)
     causal_states, acausal_states, predicted_states = (np.empty((n_time, n_point + n_grid)) for _ in range(3))
 
-    prior, log_marginal = initial, jnp.zeros((), initial.grid.dtype)
+    prior, log_marginal = scans.carry(initial), 0.0
     for span_start in range(0, n_time, span):
         span_stop = min(span_start + span, n_time)
-        ll = log_likelihood(span_start, span_stop, span)
+        ll = scans.span(log_likelihood(span_start, span_stop, span))
         progress("likelihood", span_stop, n_time)
         for start in range(span_start, span_stop, step):
             stop = min(start + step, n_time)
             rows = slice(start - span_start, start - span_start + step)
-            (prior, chunk_marginal), flat, state_probabilities, predicted = _filter_stored(
-                transitions, prior, ll.point[rows], ll.grid[rows], interior_index,
-                jnp.arange(start, start + step) < n_time,
-            )  # fmt: skip
-            log_marginal = log_marginal + chunk_marginal
-            causal_out[start:stop] = np.asarray(flat)[: stop - start]
-            causal_states[start:stop] = np.asarray(state_probabilities)[: stop - start]
-            predicted_states[start:stop] = np.asarray(predicted)[: stop - start]
+            prior, chunk_marginal, flat, state_probabilities, predicted = scans.filter(
+                prior, [x[rows] for x in ll], stop - start
+            )
+            log_marginal += chunk_marginal
+            causal_out[start:stop] = flat
+            causal_states[start:stop] = state_probabilities
+            predicted_states[start:stop] = predicted
             progress("filter", stop, n_time)
 
-    acausal_next = jax.tree.map(jnp.zeros_like, initial)
+    acausal_next = scans.carry(jax.tree.map(jnp.zeros_like, initial))
     for start in reversed(range(0, n_time, step)):
         stop = min(start + step, n_time)
-        causal = causal_out[start:stop]
-        if stop - start < step:  # the last, short chunk
-            padded = np.zeros((step, width), dtype=causal.dtype)
-            padded[: stop - start] = causal
-            causal = padded
-        index = np.arange(start, start + step)
-        acausal_next, flat, state_probabilities = _smooth_stored(
-            transitions, acausal_next, jnp.asarray(causal), jnp.asarray(index == n_time - 1), jnp.asarray(index < n_time)
-        )
-        acausal_out[start:stop] = np.asarray(flat)[: stop - start]
-        acausal_states[start:stop] = np.asarray(state_probabilities)[: stop - start]
+        acausal_next, flat, state_probabilities = scans.smoother(acausal_next, causal_out[start:stop], stop == n_time)
+        acausal_out[start:stop] = flat
+        acausal_states[start:stop] = state_probabilities
         progress("smoother", n_time - start, n_time)
     return Posteriors(
         causal_out, acausal_out, causal_states, acausal_states, predicted_states, float(log_marginal)
     )
+
+
+class _Scans(NamedTuple):
+    """One way of running the filter and the smoother chunk by chunk, NumPy out.
+
+    carry(States) -> the carry between chunks, as these functions take it.
+    span(LogLikelihoods) -> arrays with a leading time axis: the likelihood as
+    ``filter`` takes it.
+    filter(prior, the span's arrays at the chunk's ``step`` rows, n) -> (prior,
+    log_marginal, causal (n, width), state probabilities (n, S), predicted (n, S)), for
+    the chunk's first n rows.
+    smoother(acausal_next, causal (n, width), holds_last) -> (acausal_next, acausal
+    (n, width), state probabilities (n, S)); holds_last: the chunk ends the decode.
+    """
+
+    carry: Callable
+    span: Callable
+    filter: Callable
+    smoother: Callable
+
+
+def _xla_scans(transitions: tr.Transitions, interior_index: np.ndarray, step: int, width: int) -> _Scans:
+    """``filter_chunk`` and ``smoother_chunk`` on the device, in chunks of ``step`` rows
+    (the last one padded, so every chunk has the same compiled shapes)."""
+    index = jnp.asarray(interior_index)
+
+    def run_filter(prior, ll, n):
+        (prior, log_marginal), flat, state_probabilities, predicted = _filter_stored(
+            transitions, prior, *ll, index, jnp.arange(step) < n
+        )
+        return prior, log_marginal, *(np.asarray(x)[:n] for x in (flat, state_probabilities, predicted))
+
+    def run_smoother(acausal_next, causal, holds_last):
+        n = causal.shape[0]
+        if n < step:  # the last, short chunk
+            padded = np.zeros((step, width), dtype=causal.dtype)
+            padded[:n] = causal
+            causal = padded
+        rows = np.arange(step)
+        is_last, is_valid = jnp.asarray(holds_last & (rows == n - 1)), jnp.asarray(rows < n)
+        acausal_next, flat, state_probabilities = _smooth_stored(
+            transitions, acausal_next, jnp.asarray(causal), is_last, is_valid
+        )
+        return acausal_next, np.asarray(flat)[:n], np.asarray(state_probabilities)[:n]
+
+    return _Scans(lambda states: states, lambda ll: ll, run_filter, run_smoother)
+
+
+def _track_scans(transitions: tr.Transitions, interior_index: np.ndarray, step: int, width: int) -> _Scans:
+    """``track_inference``'s compiled loops on NumPy float32 arrays."""
+    from . import track_inference  # numba compiles (or loads) the loops on first use
+
+    walk = track_inference.kernel(np.asarray(transitions.axis_kernels[0]))
+    inverse_normalizer = np.asarray(transitions.inverse_normalizer, np.float32)
+    pieces = (
+        *walk,
+        np.asarray(transitions.interior, np.float32),
+        inverse_normalizer,
+        np.asarray(transitions.discrete, np.float32),
+        np.float32(transitions.n_interior),
+    )
+    n = walk.values.shape[0]
+
+    def carry(states: States) -> States:
+        return States(*(np.array(x, np.float32) for x in states))
+
+    def span(ll: LogLikelihoods):
+        return track_inference.factors(np.asarray(ll.point), np.asarray(ll.grid), interior_index, n)
+
+    def run_filter(prior, factors, n_rows):
+        n_states = prior.point.shape[0] + prior.grid.shape[0]
+        causal = np.empty((n_rows, width), np.float32)
+        state_probabilities, predicted = (np.empty((n_rows, n_states), np.float32) for _ in range(2))
+        log_marginal = track_inference.filter_chunk(
+            *pieces, prior.point, prior.grid, *(x[:n_rows] for x in factors), causal, state_probabilities, predicted
+        )
+        return prior, log_marginal, causal, state_probabilities, predicted
+
+    def run_smoother(acausal_next, causal, holds_last):
+        causal = np.ascontiguousarray(causal, np.float32)
+        n_rows = causal.shape[0]
+        is_last = np.zeros(n_rows, bool)
+        is_last[-1] = holds_last
+        acausal = np.empty((n_rows, width), np.float32)
+        state_probabilities = np.empty((n_rows, acausal_next.point.shape[0] + acausal_next.grid.shape[0]), np.float32)
+        walked = track_inference.walk_causal(walk.values, causal, acausal_next.point.shape[0], inverse_normalizer)
+        track_inference.smoother_chunk(
+            *pieces, acausal_next.point, acausal_next.grid, causal, walked, is_last, acausal, state_probabilities
+        )
+        return acausal_next, acausal, state_probabilities
+
+    return _Scans(carry, span, run_filter, run_smoother)
 
 
 # The filter and smoother as ``filter_and_smooth`` calls them: one compiled call per

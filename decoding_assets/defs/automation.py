@@ -263,6 +263,9 @@ def _partitions_in_progress(instance: dg.DagsterInstance, decoding) -> set[str]:
     return busy
 
 
+COMPACT_WHEN_OPENING_S = 0.05  # a rebuilt catalog opens in 10-20 ms here; 220 sessions of small writes took it to 120
+
+
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def catalog_sync(context: dg.SensorEvaluationContext, catalog: CatalogResource):
     """Dagster's view follows the catalog: partitions for the sessions it has (from the
@@ -282,9 +285,6 @@ def catalog_sync(context: dg.SensorEvaluationContext, catalog: CatalogResource):
         return dg.SkipReason("Dagster's view matches the catalog.")
     context.log.info(said)
     return dg.SensorResult(dynamic_partitions_requests=sync.requests(), asset_events=sync.asset_events(reported))
-
-
-COMPACT_WHEN_OPENING_S = 0.05  # a rebuilt catalog opens in 10-20 ms here; 220 sessions of small writes took it to 120
 
 
 @dg.sensor(minimum_interval_seconds=6 * 3600, default_status=dg.DefaultSensorStatus.RUNNING)

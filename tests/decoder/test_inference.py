@@ -1,13 +1,24 @@
-"""The chunked lax.scan filter and smoother equal a dense NumPy forward-backward."""
+"""The chunked filters and smoothers (the lax.scan ones, and numba's on a track) equal a dense
+forward-backward."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from decoding_assets.decoder import inference
 from decoding_assets.decoder import transitions as tr
+from decoding_assets.decoder.environment import Environment
 
-from .test_transitions import DISCRETE, MOVEMENT_VAR, dense_transition, euclidean_gaussian, grid_with_holes
+from .test_transitions import (
+    DISCRETE,
+    MOVEMENT_VAR,
+    dense_transition,
+    detector_dense_transition,
+    euclidean_gaussian,
+    grid_with_holes,
+    w_track_graph,
+)
 
 
 def dense_forward_backward(initial, transition, likelihood):
@@ -72,3 +83,94 @@ def test_chunked_filter_and_smoother_equal_dense(rng):
     np.testing.assert_allclose(causal, expected_causal, atol=1e-12)
     np.testing.assert_allclose(acausal, expected_acausal, atol=1e-12)
     assert marginal == np.float64(expected_log_z) or abs(marginal - expected_log_z) < 1e-9
+
+
+def _w_track():
+    graph, edge_order, edge_spacing = w_track_graph(width=40.0, height=30.0)
+    env = Environment(place_bin_size=2.0, track_graph=graph, edge_order=edge_order, edge_spacing=edge_spacing)
+    return env.fit_place_grid(None)
+
+
+@pytest.mark.parametrize("model", ["contfrag", "detector"])
+def test_compiled_track_scans_equal_dense(rng, model):
+    """On the CPU a track decodes through numba's loops (``track_inference``): over
+    several chunks, with the detector's one-bin states and gap bins, they give the
+    dense forward-backward's posteriors and marginal likelihood to float32 rounding."""
+    from decoding_assets.decoder.detector import DEFAULT_DISCRETE_TRANSITION
+
+    env = _w_track()
+    interior = env.is_track_interior_
+    assert (~interior).sum() == 2
+    n, n_point = interior.size, 2 if model == "detector" else 0
+    D = DEFAULT_DISCRETE_TRANSITION if model == "detector" else DISCRETE
+    width = n_point + 2 * n
+    n_time = 9000  # more than a chunk: chunk_lengths gives 4096 rows at this width
+    assert inference.chunk_lengths(n_time, width, int(interior.sum()))[0] < n_time
+    ll_grid = rng.normal(-3.0, 2.0, (n_time, int(interior.sum())))
+    ll_point = rng.normal(-3.0, 2.0, (n_time, n_point))
+    initial = np.concatenate([np.full(n_point, 0.1), np.tile(interior, 2) * 0.8 / (2 * interior.sum())])
+    if model == "contfrag":
+        initial = initial / initial.sum()
+
+    ops = tr.make_transitions(env, MOVEMENT_VAR, D, dtype=jnp.float32)
+    assert jax.default_backend() == "cpu" and ops.interior.ndim == 1  # the compiled path
+    causal_out, acausal_out = np.empty((n_time, width), np.float32), np.empty((n_time, width), np.float32)
+    with_grid = np.zeros((n_time, n))
+    with_grid[:, interior] = ll_grid
+
+    def log_likelihood(start, stop, rows):
+        point, grid = np.zeros((rows, n_point), np.float32), np.zeros((rows, ll_grid.shape[1]), np.float32)
+        point[: stop - start], grid[: stop - start] = ll_point[start:stop], ll_grid[start:stop]
+        return inference.LogLikelihoods(jnp.asarray(point), jnp.asarray(grid))
+
+    initial_states = tr.States(
+        jnp.asarray(initial[:n_point], jnp.float32), jnp.asarray(initial[n_point:].reshape(2, n), jnp.float32)
+    )
+    posteriors = inference.filter_and_smooth(ops, initial_states, n_time, log_likelihood, causal_out, acausal_out)
+
+    gaussian = tr.random_walk_axis_kernels(env, MOVEMENT_VAR)[0]
+    if model == "detector":
+        dense = detector_dense_transition(gaussian, interior, D)
+        likelihood = np.exp(np.concatenate([ll_point, with_grid, with_grid], axis=1))
+    else:
+        dense = dense_transition(gaussian, interior)
+        likelihood = np.exp(np.tile(with_grid, 2))
+    expected_causal, expected_acausal, expected_log_z = dense_forward_backward(initial, dense, likelihood)
+    outside = np.concatenate([np.zeros(n_point, bool), ~interior, ~interior])
+    for got, expected in ((causal_out, expected_causal), (acausal_out, expected_acausal)):
+        assert np.isnan(got[:, outside]).all()
+        np.testing.assert_allclose(got[:, ~outside], expected[:, ~outside], atol=2e-5, rtol=0)
+    grid_masses = expected_acausal[:, n_point:].reshape(n_time, 2, n).sum(axis=2)
+    masses = np.concatenate([expected_acausal[:, :n_point], grid_masses], axis=1)
+    np.testing.assert_allclose(posteriors.acausal_state_probabilities, masses, atol=2e-5)
+    assert posteriors.marginal_log_likelihood == pytest.approx(expected_log_z, rel=1e-5)
+
+
+def test_compiled_track_scans_equal_the_xla_scans(rng):
+    """Chunk for chunk, the numba loops and the XLA scans give the same float32 numbers,
+    and the same carry into the next chunk."""
+    from decoding_assets.decoder.detector import DEFAULT_DISCRETE_TRANSITION as D
+
+    env = _w_track()
+    interior = env.is_track_interior_
+    n, n_interior, step = interior.size, int(interior.sum()), 64
+    width = 2 + 2 * n
+    index = np.flatnonzero(interior)
+    ops = tr.make_transitions(env, MOVEMENT_VAR, D, dtype=jnp.float32)
+    scans = [inference._xla_scans(ops, index, step, width), inference._track_scans(ops, index, step, width)]
+    grid = np.tile(interior, (2, 1)) * 0.25 / n_interior
+    prior = tr.States(jnp.asarray([0.3, 0.2], jnp.float32), jnp.asarray(grid, jnp.float32))
+    ll = inference.LogLikelihoods(
+        jnp.asarray(rng.normal(-2.0, 1.0, (step, 2)), jnp.float32),
+        jnp.asarray(rng.normal(-3.0, 2.0, (step, n_interior)), jnp.float32),
+    )
+    xla, compiled = (s.filter(s.carry(prior), s.span(ll), 50) for s in scans)
+    (xla_prior, xla_marginal, *xla_rows), (compiled_prior, marginal, *rows) = xla, compiled
+    for got, expected in zip([*compiled_prior, *rows], [*xla_prior, *xla_rows]):
+        np.testing.assert_allclose(got, np.asarray(expected), rtol=2e-5, atol=1e-9)
+    assert marginal == pytest.approx(float(xla_marginal), rel=1e-6)
+
+    causal = xla_rows[0]
+    (xla_carry, *xla_rows), (carry, *rows) = (s.smoother(s.carry(prior), causal, True) for s in scans)
+    for got, expected in zip([*carry, *rows], [*xla_carry, *xla_rows]):
+        np.testing.assert_allclose(got, np.asarray(expected), rtol=2e-5, atol=1e-9)

@@ -29,6 +29,31 @@ def dense_transition(gaussian: np.ndarray, interior: np.ndarray) -> np.ndarray:
     )
 
 
+def detector_dense_transition(gaussian: np.ndarray, interior: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """The detector's A built block by block: Local and No-Spike (one bin each), then
+    Non-Local Continuous (a random walk from itself) and Non-Local Fragmented."""
+    m, n = interior.astype(float), interior.size
+    walk = gaussian * m[:, None] * m[None, :]
+    rows = walk.sum(axis=1, keepdims=True)
+    walk = np.divide(walk, rows, out=np.zeros_like(walk), where=rows > 0)
+    # a block per (from, to): into a one-bin state, every bin's mass; into a grid state,
+    # uniform over the interior, but the random walk from Non-Local Continuous to itself
+    size = [1, 1, n, n]
+    blocks = [[None] * 4 for _ in range(4)]
+    for s in range(4):
+        for t in range(4):
+            if t < 2:
+                block = np.ones((size[s], 1))
+            elif s == t == 2:
+                block = walk
+            else:
+                block = np.ones((size[s], 1)) * (m / m.sum())[None, :]
+            if s >= 2:  # no mass leaves a bin outside the track
+                block = block * m[:, None]
+            blocks[s][t] = D[s, t] * block
+    return np.block(blocks)
+
+
 def euclidean_gaussian(centers: np.ndarray) -> np.ndarray:
     cov = MOVEMENT_VAR * np.eye(centers.shape[1])
     return np.stack([multivariate_normal(mean=c, cov=cov).pdf(centers) for c in centers]).reshape(len(centers), -1)
@@ -118,25 +143,7 @@ def test_the_detectors_four_states_match_dense(rng):
     env = grid_with_holes()
     interior = env.is_track_interior_.ravel()
     m, n = interior.astype(float), interior.size
-    walk = euclidean_gaussian(env.place_bin_centers_) * m[:, None] * m[None, :]
-    rows = walk.sum(axis=1, keepdims=True)
-    walk = np.divide(walk, rows, out=np.zeros_like(walk), where=rows > 0)
-    # a block per (from, to): into a one-bin state, every bin's mass; into a grid state,
-    # uniform over the interior, but the random walk from Non-Local Continuous to itself
-    size = [1, 1, n, n]
-    blocks = [[None] * 4 for _ in range(4)]
-    for s in range(4):
-        for t in range(4):
-            if t < 2:
-                block = np.ones((size[s], 1))
-            elif s == t == 2:
-                block = walk
-            else:
-                block = np.ones((size[s], 1)) * (m / m.sum())[None, :]
-            if s >= 2:  # no mass leaves a bin outside the track
-                block = block * m[:, None]
-            blocks[s][t] = D[s, t] * block
-    dense = np.block(blocks)
+    dense = detector_dense_transition(euclidean_gaussian(env.place_bin_centers_), interior, D)
     p = np.concatenate([rng.random(2), rng.random(2 * n) * np.tile(m, 2)])
     p /= p.sum()
     r = np.concatenate([rng.random(2), rng.random(2 * n) * 3 * np.tile(m, 2)])

@@ -1,0 +1,303 @@
+"""The filter and smoother of ``inference``, compiled for the CPU on a track.
+
+A track's grid has one axis of n bins (n in the hundreds), so one time bin's work is a
+few products with the (n, n) walk kernel: about a microsecond of arithmetic. XLA's scan
+costs several microseconds per step whatever the step holds, which made small decodes
+slow for their size; these loops, compiled by numba, cost what the arithmetic costs.
+
+The maths is ``inference``'s, term for term (see its docstring and ``transitions``):
+with K point states, G grid states, D the (S, S) discrete transitions, m the interior
+mask, w the walk's inverse row normalizers, W the symmetric (n, n) walk kernel, N the
+number of interior bins and mass_s the probability of state s,
+
+    filter      u_t = pi_t f_t (grid floored at 1e-15 inside),  c_t = sum u_t,
+                where f_t = exp(l_t - max l_t) (``Kernel.factors``)
+    predict     q_k = sum_s D[s, k] mass_s;  q_g = m (sum_s D[s, g] mass_s - [g = 0] D00 mass_0) / N
+                q_0 += D00 m (W (p_0 w))                              (D00 = D[K, K])
+    backward    b_k = (D v)_k;  b_g = m (D v)_g;  b_0 += D00 (w (W (m r_0)) - m v_0)
+                where v = (r_point, the interior means of r_grid)
+
+W is Gaussian in the distance along the track, so in float32 most of it is exactly 0:
+a bin reaches only bins within a few movement standard deviations. Each row's products
+run over its nonzero stretches of columns only (``Kernel.runs``), which gives the dense
+product's terms, zeros left out.
+
+Arrays are NumPy float32, as on the JAX path; the grid states are (G, n) rows that hold
+the bins outside the track too (zero there). Each function takes a chunk of time bins
+and writes into arrays it is given, so ``inference.filter_and_smooth`` streams a decode
+of any length through them as through the XLA scans.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+_FLOOR = np.float32(1e-15)
+_OPTIONS = {"nogil": True, "cache": True, "error_model": "numpy"}
+# Reassociating sums lets them run in SIMD lanes; a float32 sum's order changes it by
+# rounding only. NaN and infinities keep their meaning (no "nnan"/"ninf").
+_FAST = {"reassoc", "contract"}
+_LANES = 16  # a run's length is rounded up to this, so its loop has no scalar tail
+
+
+class Kernel(NamedTuple):
+    """The walk kernel and its nonzero stretches.
+
+    values : (n, n) float32 W. runs_start, runs_stop : (R,) column ranges [start, stop);
+    row_runs : (n + 1,) row i's runs are runs_start[row_runs[i]:row_runs[i + 1]].
+    The ranges are unsigned: numba then drops its check for negative indices, which
+    otherwise keeps the products' loops from running in SIMD lanes (7x slower).
+    """
+
+    values: np.ndarray
+    row_runs: np.ndarray
+    runs_start: np.ndarray
+    runs_stop: np.ndarray
+
+
+def kernel(values: np.ndarray) -> Kernel:
+    """The runs of each row's nonzero columns, lengthened to whole SIMD widths where
+    the row allows it (the columns added hold zeros, or nonzeros no other run holds:
+    runs are more than a width apart)."""
+    values = np.ascontiguousarray(values, np.float32)
+    n = values.shape[0]
+    row_runs, starts, stops = [0], [], []
+    for row in values:
+        columns = np.flatnonzero(row)
+        if columns.size:
+            breaks = np.flatnonzero(np.diff(columns) > _LANES) + 1
+            for run in np.split(columns, breaks):
+                start = int(run[0])
+                starts.append(start)
+                stops.append(min(n, start + -(-(int(run[-1]) + 1 - start) // _LANES) * _LANES))
+        row_runs.append(len(starts))
+    return Kernel(values, np.array(row_runs, np.uint64), np.array(starts, np.uint64), np.array(stops, np.uint64))
+
+
+def factors(ll_point: np.ndarray, ll_grid: np.ndarray, interior_index: np.ndarray, n: int):
+    """The likelihood as the filter multiplies by it: f = exp(l - max l) per time bin.
+
+    ll_point (T, K), ll_grid (T, N) at ``interior_index``. returns point factors (T, K),
+    grid factors (T, n) (0 outside the track) and max l (T,) (0 where it is not finite).
+    """
+    largest = np.maximum(ll_grid.max(axis=1, initial=-np.inf), ll_point.max(axis=1, initial=-np.inf))
+    largest = np.where(np.isfinite(largest), largest, 0.0).astype(np.float32)[:, np.newaxis]
+    grid = np.full((ll_grid.shape[0], n), -np.inf, np.float32)
+    # the interior is a few stretches of bins: copy each as a slice (a fancy-index
+    # assignment of every column costs several times the exponentials)
+    breaks = np.flatnonzero(np.diff(interior_index) != 1) + 1
+    for first, last in zip(np.r_[0, breaks], np.r_[breaks, interior_index.size]):
+        if last > first:
+            start = interior_index[first]
+            np.subtract(ll_grid[:, first:last], largest, out=grid[:, start : start + last - first])
+    return np.exp(ll_point - largest), np.exp(grid, out=grid), largest[:, 0]
+
+
+@numba.njit(fastmath=_FAST, **_OPTIONS)
+def _walk(W, row_runs, runs_start, runs_stop, x, out):
+    """out = W x over W's nonzero runs; x and out (n,)."""
+    for i in range(x.shape[0]):
+        total = np.float32(0.0)
+        for run in range(row_runs[i], row_runs[i + 1]):
+            for j in range(runs_start[run], runs_stop[run]):
+                total += W[i, j] * x[j]
+        out[i] = total
+
+
+@numba.njit(fastmath=_FAST, **_OPTIONS)
+def _predict(point, grid, walked, interior, discrete, n_interior, out_point, out_grid, mass):
+    """(out_point (K,), out_grid (G, n)) = (point, grid) A, the one-step prediction,
+    given walked = W (grid[0] w) (n,). mass (S,) is work space."""
+    n_point, n_grid, n = point.shape[0], grid.shape[0], grid.shape[1]
+    for k in range(n_point):
+        mass[k] = point[k]
+    for g in range(n_grid):
+        total = np.float32(0.0)
+        for i in range(n):
+            total += grid[g, i]
+        mass[n_point + g] = total
+    for k in range(n_point):
+        total = np.float32(0.0)
+        for s in range(n_point + n_grid):
+            total += mass[s] * discrete[s, k]
+        out_point[k] = total
+    stays = discrete[n_point, n_point]
+    for g in range(n_grid):
+        into = np.float32(0.0)
+        for s in range(n_point + n_grid):
+            into += mass[s] * discrete[s, n_point + g]
+        if g == 0:
+            into -= stays * mass[n_point]
+        level = into / n_interior
+        if g == 0:
+            for i in range(n):
+                out_grid[g, i] = level * interior[i] + stays * (interior[i] * walked[i])
+        else:
+            for i in range(n):
+                out_grid[g, i] = level * interior[i]
+
+
+@numba.njit(fastmath=_FAST, **_OPTIONS)
+def filter_chunk(
+    W, row_runs, runs_start, runs_stop, interior, inverse_normalizer, discrete, n_interior,
+    prior_point, prior_grid, point_factors, grid_factors, largest, causal_out, states_out, predicted_out,
+):  # fmt: skip
+    """The causal posterior of T time bins, from the predicted distribution of the first.
+
+    prior_point (K,), prior_grid (G, n): pi for the chunk's first bin, updated in place
+    to the prediction for the bin after the chunk. point_factors (T, K), grid_factors
+    (T, n), largest (T,): ``factors``. Writes causal_out (T, K + G n) in the stored
+    layout (NaN outside the track), states_out (T, S) its state probabilities and
+    predicted_out (T, S) the prior's. returns the chunk's log marginal likelihood.
+    """
+    n_time = grid_factors.shape[0]
+    n_point, n_grid, n = prior_point.shape[0], prior_grid.shape[0], prior_grid.shape[1]
+    point = np.empty(n_point, np.float32)
+    grid = np.empty((n_grid, n), np.float32)
+    mass = np.empty(n_point + n_grid, np.float32)
+    source, walked = np.empty(n, np.float32), np.empty(n, np.float32)
+    outside = np.flatnonzero(interior == 0)
+    log_marginal = 0.0
+    for t in range(n_time):
+        total = np.float32(0.0)
+        for k in range(n_point):
+            predicted_out[t, k] = prior_point[k]
+            point[k] = prior_point[k] * point_factors[t, k]
+            total += point[k]
+        for g in range(n_grid):
+            prior_mass = np.float32(0.0)
+            for i in range(n):
+                prior_mass += prior_grid[g, i]
+                grid[g, i] = max(prior_grid[g, i] * grid_factors[t, i], _FLOOR) * interior[i]
+                total += grid[g, i]
+            predicted_out[t, n_point + g] = prior_mass
+        scale = np.float32(1.0) / total
+        for k in range(n_point):
+            point[k] *= scale
+            causal_out[t, k] = point[k]
+            states_out[t, k] = point[k]
+        for g in range(n_grid):
+            posterior_mass = np.float32(0.0)
+            row = causal_out[t, n_point + g * n : n_point + (g + 1) * n]
+            for i in range(n):
+                grid[g, i] *= scale
+                posterior_mass += grid[g, i]
+                row[i] = grid[g, i]
+            for i in outside:
+                row[i] = np.nan
+            states_out[t, n_point + g] = posterior_mass
+        log_marginal += math.log(total) + largest[t]
+        for i in range(n):
+            source[i] = grid[0, i] * inverse_normalizer[i]
+        _walk(W, row_runs, runs_start, runs_stop, source, walked)
+        _predict(point, grid, walked, interior, discrete, n_interior, prior_point, prior_grid, mass)
+    return log_marginal
+
+
+@numba.njit(fastmath=_FAST, **_OPTIONS)
+def smoother_chunk(
+    W, row_runs, runs_start, runs_stop, interior, inverse_normalizer, discrete, n_interior,
+    next_point, next_grid, causal, causal_walked, is_last, acausal_out, states_out,
+):  # fmt: skip
+    """The acausal posterior of T time bins, scanning backwards.
+
+    next_point (K,), next_grid (G, n): the acausal posterior of the bin after the chunk
+    (any value if the chunk holds the last bin), updated in place to the chunk's first
+    bin's. causal (T, K + G n): the stored causal posterior (NaN outside the track);
+    causal_walked (T, n): W (causal_t[grid 0] w), which the predictions need (it
+    depends on the causal posterior only: ``walk_causal`` computes a chunk's at once).
+    is_last (T,): True at the session's last bin. Writes acausal_out (T, K + G n) and
+    states_out (T, S).
+    """
+    n_time = causal.shape[0]
+    n_point, n_grid, n = next_point.shape[0], next_grid.shape[0], next_grid.shape[1]
+    n_states = n_point + n_grid
+    stays = discrete[n_point, n_point]
+    c_point = np.empty(n_point, np.float32)
+    c_grid = np.empty((n_grid, n), np.float32)
+    q_point = np.empty(n_point, np.float32)
+    q_grid = np.empty((n_grid, n), np.float32)
+    value = np.empty(n_states, np.float32)
+    mass = np.empty(n_states, np.float32)
+    source, walked = np.empty(n, np.float32), np.empty(n, np.float32)
+    outside = np.flatnonzero(interior == 0)
+    for t in range(n_time - 1, -1, -1):
+        for k in range(n_point):
+            c_point[k] = causal[t, k]
+        for g in range(n_grid):
+            row = causal[t, n_point + g * n : n_point + (g + 1) * n]
+            for i in range(n):
+                c_grid[g, i] = row[i]
+            for i in outside:
+                c_grid[g, i] = np.float32(0.0)
+        if is_last[t]:
+            next_point[:] = c_point
+            next_grid[:, :] = c_grid
+        else:
+            _predict(c_point, c_grid, causal_walked[t], interior, discrete, n_interior, q_point, q_grid, mass)
+            # the ratio r = acausal_{t+1} / predicted (0 where predicted is 0), in q
+            for k in range(n_point):
+                q_point[k] = next_point[k] / q_point[k] if q_point[k] > 0 else np.float32(0.0)
+                value[k] = q_point[k]
+            for g in range(n_grid):
+                interior_sum = np.float32(0.0)
+                for i in range(n):
+                    q = q_grid[g, i]
+                    q_grid[g, i] = next_grid[g, i] / q if q > 0 else np.float32(0.0)
+                    interior_sum += interior[i] * q_grid[g, i]
+                value[n_point + g] = interior_sum / n_interior
+            for i in range(n):
+                source[i] = interior[i] * q_grid[0, i]
+            _walk(W, row_runs, runs_start, runs_stop, source, walked)
+            total = np.float32(0.0)
+            for k in range(n_point):
+                back = np.float32(0.0)
+                for s in range(n_states):
+                    back += discrete[k, s] * value[s]
+                next_point[k] = c_point[k] * back
+                total += next_point[k]
+            for g in range(n_grid):
+                back = np.float32(0.0)
+                for s in range(n_states):
+                    back += discrete[n_point + g, s] * value[s]
+                if g == 0:
+                    for i in range(n):
+                        walk = inverse_normalizer[i] * walked[i] - value[n_point] * interior[i]
+                        b = back * interior[i] + stays * walk
+                        next_grid[g, i] = c_grid[g, i] * b
+                        total += next_grid[g, i]
+                else:
+                    for i in range(n):
+                        next_grid[g, i] = c_grid[g, i] * (back * interior[i])
+                        total += next_grid[g, i]
+            scale = np.float32(1.0) / total
+            for k in range(n_point):
+                next_point[k] *= scale
+            for g in range(n_grid):
+                for i in range(n):
+                    next_grid[g, i] *= scale
+        for k in range(n_point):
+            acausal_out[t, k] = next_point[k]
+            states_out[t, k] = next_point[k]
+        for g in range(n_grid):
+            posterior_mass = np.float32(0.0)
+            row = acausal_out[t, n_point + g * n : n_point + (g + 1) * n]
+            for i in range(n):
+                posterior_mass += next_grid[g, i]
+                row[i] = next_grid[g, i]
+            for i in outside:
+                row[i] = np.nan
+            states_out[t, n_point + g] = posterior_mass
+
+
+def walk_causal(W: np.ndarray, causal: np.ndarray, n_point: int, inverse_normalizer: np.ndarray) -> np.ndarray:
+    """W (causal_t[grid 0] w) for every row of a chunk of the stored causal posterior
+    (T, K + G n): one matrix product (W is symmetric), instead of one per time bin
+    inside the smoother's scan. returns (T, n) float32."""
+    n = W.shape[0]
+    source = causal[:, n_point : n_point + n] * inverse_normalizer
+    return np.nan_to_num(source, nan=0.0, copy=False) @ W
