@@ -83,14 +83,14 @@ class DecodingSpikes(NamedTuple):
 class LikelihoodGrid(NamedTuple):
     """The fitted grid as the likelihood needs it, on the device.
 
-    interior_index : (N,) flat indices of the interior bins.
+    interior_axis_index : per grid axis, (N,) each interior bin's index along the axis.
     axis_centers : per grid axis, (n_d,) bin centres.
     position_std : (n_dims,).
     log_occupancy : (N,) log occ(x) at interior bins, +inf where occ is 0.
     ground : (N,) Lambda(x) at interior bins.
     """
 
-    interior_index: jnp.ndarray
+    interior_axis_index: tuple
     axis_centers: tuple
     position_std: jnp.ndarray
     log_occupancy: jnp.ndarray
@@ -261,7 +261,9 @@ def likelihood_grid(encoding: Encoding, interior: np.ndarray, axis_centers, posi
     with np.errstate(divide="ignore"):
         log_occupancy = np.where(occupancy > 0, np.log(occupancy), np.inf)
     return LikelihoodGrid(
-        interior_index=jnp.asarray(np.flatnonzero(interior)),
+        interior_axis_index=tuple(
+            jnp.asarray(i) for i in np.unravel_index(np.flatnonzero(interior), [len(c) for c in axis_centers])
+        ),
         axis_centers=tuple(jnp.asarray(c, dtype=dtype) for c in axis_centers),
         position_std=jnp.asarray(position_std, dtype=dtype),
         log_occupancy=jnp.asarray(log_occupancy, dtype=dtype),
@@ -305,8 +307,17 @@ def prepare_decoding_spikes(
 
 
 @jax.jit
-def _interior_columns(kernel: jnp.ndarray, interior_index: jnp.ndarray) -> jnp.ndarray:
-    return kernel[:, interior_index]
+def interior_position_kernel(samples: jnp.ndarray, axis_centers: tuple, std: jnp.ndarray, axis_index: tuple):
+    """``position_kernel`` at the interior bins only, (n_samples, N): each bin's column is
+    the product of the per-axis factors at its index along each axis (``axis_index``,
+    per axis (N,)), the same products ``position_kernel`` forms, and none of the others.
+    """
+    kernel = None
+    for d, (centers, index) in enumerate(zip(axis_centers, axis_index)):
+        z = (samples[:, d, jnp.newaxis] - centers[jnp.newaxis, :]) / std[d]
+        factor = (jnp.exp(-0.5 * z**2) / (std[d] * jnp.sqrt(2.0 * jnp.pi)))[:, index]
+        kernel = factor if kernel is None else kernel * factor
+    return kernel
 
 
 def log_likelihood_rows(
@@ -329,9 +340,8 @@ def log_likelihood_rows(
         if hi > lo:
             kernel = None
             if item.encoding_positions is not None:
-                kernel = _interior_columns(
-                    position_kernel(item.encoding_positions, grid.axis_centers, grid.position_std),
-                    grid.interior_index,
+                kernel = interior_position_kernel(
+                    item.encoding_positions, grid.axis_centers, grid.position_std, grid.interior_axis_index
                 )
             for offset, size in spike_blocks(hi - lo, max_block):
                 rows = slice(lo + offset, min(lo + offset + size, hi))
