@@ -618,8 +618,12 @@ def enable_compilation_cache(folder: str | os.PathLike) -> None:
     home): a new process then loads the compiled filter, smoother and likelihood
     instead of spending seconds compiling them. Compiled code depends on the shapes of a
     decode (grid, chunk lengths, encoding sizes), so the first decode of a new shape
-    still compiles, once."""
+    still compiles, once. numba's loops for tracks (``track_inference``) are kept in
+    ``folder/numba`` too, unless NUMBA_CACHE_DIR says otherwise or numba was imported
+    before this call (it reads the setting once): a container whose package folder and
+    home are read-only still caches them."""
     Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(folder).expanduser() / "numba"))
     jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

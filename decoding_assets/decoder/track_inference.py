@@ -11,7 +11,7 @@ mask, w the walk's inverse row normalizers, W the symmetric (n, n) walk kernel, 
 number of interior bins and mass_s the probability of state s,
 
     filter      u_t = pi_t f_t (grid floored at 1e-15 inside),  c_t = sum u_t,
-                where f_t = exp(l_t - max l_t) (``Kernel.factors``)
+                where f_t = exp(l_t - max l_t) (``factors``)
     predict     q_k = sum_s D[s, k] mass_s;  q_g = m (sum_s D[s, g] mass_s - [g = 0] D00 mass_0) / N
                 q_0 += D00 m (W (p_0 w))                              (D00 = D[K, K])
     backward    b_k = (D v)_k;  b_g = m (D v)_g;  b_0 += D00 (w (W (m r_0)) - m v_0)
@@ -19,7 +19,7 @@ number of interior bins and mass_s the probability of state s,
 
 W is Gaussian in the distance along the track, so in float32 most of it is exactly 0:
 a bin reaches only bins within a few movement standard deviations. Each row's products
-run over its nonzero stretches of columns only (``Kernel.runs``), which gives the dense
+run over its nonzero stretches of columns only (``kernel``), which gives the dense
 product's terms, zeros left out.
 
 Arrays are NumPy float32, as on the JAX path; the grid states are (G, n) rows that hold
@@ -61,8 +61,8 @@ class Kernel(NamedTuple):
 
 def kernel(values: np.ndarray) -> Kernel:
     """The runs of each row's nonzero columns, lengthened to whole SIMD widths where
-    the row allows it (the columns added hold zeros, or nonzeros no other run holds:
-    runs are more than a width apart)."""
+    the row allows it. A run ends where the next nonzero column is more than a width
+    away, so the columns a run gains hold zeros."""
     values = np.ascontiguousarray(values, np.float32)
     n = values.shape[0]
     row_runs, starts, stops = [0], [], []

@@ -174,3 +174,39 @@ def test_compiled_track_scans_equal_the_xla_scans(rng):
     (xla_carry, *xla_rows), (carry, *rows) = (s.smoother(s.carry(prior), causal, True) for s in scans)
     for got, expected in zip([*carry, *rows], [*xla_carry, *xla_rows]):
         np.testing.assert_allclose(got, np.asarray(expected), rtol=2e-5, atol=1e-9)
+
+
+def test_a_read_only_install_keeps_the_track_loops_in_the_compilation_cache(tmp_path):
+    """enable_compilation_cache also gives numba its folder: in a fresh process (whose
+    package folder and home could be read-only) the compiled track loops are written
+    under the cache folder, and a second process decodes with that folder in place."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import sys
+import jax.numpy as jnp, numpy as np
+from decoding_assets.decoder import enable_compilation_cache, inference, transitions as tr
+from decoding_assets.decoder.environment import Environment
+from decoding_assets.decoder.simulate import w_track_graph
+enable_compilation_cache(sys.argv[1])
+graph, order, spacing = w_track_graph(width=40.0, height=30.0)
+env = Environment(place_bin_size=2.0, track_graph=graph, edge_order=order, edge_spacing=spacing).fit_place_grid(None)
+ops = tr.make_transitions(env, 6.0, np.array([[0.98, 0.02], [0.02, 0.98]]))
+n, index = env.is_track_interior_.size, np.flatnonzero(env.is_track_interior_)
+initial = tr.States(jnp.zeros(0), jnp.asarray(np.tile(env.is_track_interior_, (2, 1)) / (2 * index.size), jnp.float32))
+rng = np.random.default_rng(0)
+ll = lambda a, b, rows: inference.LogLikelihoods(jnp.zeros((rows, 0)), jnp.asarray(rng.normal(size=(rows, index.size)), jnp.float32))
+out = [np.empty((100, 2 * n), np.float32) for _ in range(2)]
+posteriors = inference.filter_and_smooth(ops, initial, 100, ll, *out)
+print(abs(posteriors.acausal_state_probabilities.sum(axis=1) - 1).max())
+"""
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", script, str(cache)], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        assert float(done.stdout.strip()) < 1e-5
+    cached = sorted(p.name for p in (cache / "numba").rglob("*.nbi"))
+    assert any("filter_chunk" in name for name in cached) and any("smoother_chunk" in name for name in cached), cached
