@@ -127,10 +127,16 @@ def position_kernel(samples: jnp.ndarray, axis_centers: tuple, std: jnp.ndarray)
     """
     kernel = jnp.ones((samples.shape[0], 1), dtype=samples.dtype)
     for d, centers in enumerate(axis_centers):
-        z = (samples[:, d, jnp.newaxis] - centers[jnp.newaxis, :]) / std[d]
-        factor = jnp.exp(-0.5 * z**2) / (std[d] * jnp.sqrt(2.0 * jnp.pi))
+        factor = _axis_factor(samples[:, d], centers, std[d])
         kernel = (kernel[:, :, jnp.newaxis] * factor[:, jnp.newaxis, :]).reshape(samples.shape[0], -1)
     return kernel
+
+
+def _axis_factor(samples: jnp.ndarray, centers: jnp.ndarray, std) -> jnp.ndarray:
+    """(n_samples, n_d) the Gaussian of each sample's distance to each bin centre along
+    one axis: the factor both position kernels multiply."""
+    z = (samples[:, jnp.newaxis] - centers[jnp.newaxis, :]) / std
+    return jnp.exp(-0.5 * z**2) / (std * jnp.sqrt(2.0 * jnp.pi))
 
 
 position_kernel = jax.jit(position_kernel)
@@ -314,8 +320,7 @@ def interior_position_kernel(samples: jnp.ndarray, axis_centers: tuple, std: jnp
     """
     kernel = None
     for d, (centers, index) in enumerate(zip(axis_centers, axis_index)):
-        z = (samples[:, d, jnp.newaxis] - centers[jnp.newaxis, :]) / std[d]
-        factor = (jnp.exp(-0.5 * z**2) / (std[d] * jnp.sqrt(2.0 * jnp.pi)))[:, index]
+        factor = _axis_factor(samples[:, d], centers, std[d])[:, index]
         kernel = factor if kernel is None else kernel * factor
     return kernel
 

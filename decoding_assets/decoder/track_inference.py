@@ -142,6 +142,25 @@ def _predict(point, grid, walked, interior, discrete, n_interior, out_point, out
 
 
 @numba.njit(fastmath=_FAST, **_OPTIONS)
+def _store(point, grid, outside, out, states):
+    """One time bin's distribution (point (K,), grid (G, n)) in the stored layout: out
+    (K + G n,) with NaN at the ``outside`` bins, and states (S,) its state probabilities."""
+    n_point, n_grid, n = point.shape[0], grid.shape[0], grid.shape[1]
+    for k in range(n_point):
+        out[k] = point[k]
+        states[k] = point[k]
+    for g in range(n_grid):
+        mass = np.float32(0.0)
+        row = out[n_point + g * n : n_point + (g + 1) * n]
+        for i in range(n):
+            mass += grid[g, i]
+            row[i] = grid[g, i]
+        for i in outside:
+            row[i] = np.nan
+        states[n_point + g] = mass
+
+
+@numba.njit(fastmath=_FAST, **_OPTIONS)
 def filter_chunk(
     W, row_runs, runs_start, runs_stop, interior, inverse_normalizer, discrete, n_interior,
     prior_point, prior_grid, point_factors, grid_factors, largest, causal_out, states_out, predicted_out,
@@ -178,18 +197,10 @@ def filter_chunk(
         scale = np.float32(1.0) / total
         for k in range(n_point):
             point[k] *= scale
-            causal_out[t, k] = point[k]
-            states_out[t, k] = point[k]
         for g in range(n_grid):
-            posterior_mass = np.float32(0.0)
-            row = causal_out[t, n_point + g * n : n_point + (g + 1) * n]
             for i in range(n):
                 grid[g, i] *= scale
-                posterior_mass += grid[g, i]
-                row[i] = grid[g, i]
-            for i in outside:
-                row[i] = np.nan
-            states_out[t, n_point + g] = posterior_mass
+        _store(point, grid, outside, causal_out[t], states_out[t])
         log_marginal += math.log(total) + largest[t]
         for i in range(n):
             source[i] = grid[0, i] * inverse_normalizer[i]
@@ -280,18 +291,7 @@ def smoother_chunk(
             for g in range(n_grid):
                 for i in range(n):
                     next_grid[g, i] *= scale
-        for k in range(n_point):
-            acausal_out[t, k] = next_point[k]
-            states_out[t, k] = next_point[k]
-        for g in range(n_grid):
-            posterior_mass = np.float32(0.0)
-            row = acausal_out[t, n_point + g * n : n_point + (g + 1) * n]
-            for i in range(n):
-                posterior_mass += next_grid[g, i]
-                row[i] = next_grid[g, i]
-            for i in outside:
-                row[i] = np.nan
-            states_out[t, n_point + g] = posterior_mass
+        _store(next_point, next_grid, outside, acausal_out[t], states_out[t])
 
 
 def walk_causal(W: np.ndarray, causal: np.ndarray, n_point: int, inverse_normalizer: np.ndarray) -> np.ndarray:
