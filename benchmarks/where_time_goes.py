@@ -12,8 +12,7 @@ the default ``--repeats 3`` on 2 cores, about a third of it the fresh processes)
    them, ``add_spike_terms`` and the position kernels), the filter scans
    with the layout to and from the stored form (``inference._filter_stored``; on a
    track on the CPU, ``track_inference``'s ``factors`` and ``filter_chunk``), the
-   smoother's (``inference._smooth_stored``; on a track ``walk_causal`` and
-   ``smoother_chunk``), the copies
+   smoother's (``inference._smooth_stored``; on a track ``smoother_chunk``), the copies
    between device and host and the writes into the output arrays,
    ``transitions.make_transitions``, and the rest. Seconds and microseconds per decoded
    time bin. The package is not edited: for the instrumented runs the script replaces
@@ -244,7 +243,6 @@ def instrumented(split: Split):
         # on a track, on the CPU: numba's loops, and the NumPy work around them
         (track_inference, "factors", _timed(split, track_inference.factors, "filter")),
         (track_inference, "filter_chunk", _timed(split, track_inference.filter_chunk, "filter")),
-        (track_inference, "walk_causal", _timed(split, track_inference.walk_causal, "smoother")),
         (track_inference, "smoother_chunk", _timed(split, track_inference.smoother_chunk, "smoother")),
         (inference, "np", _TimedAsarray(inference.np, split, "device->host (np.asarray)")),
         (inference, "jnp", _TimedAsarray(inference.jnp, split, "host->device (jnp.asarray)")),
@@ -299,7 +297,7 @@ def rows_of(main: dict, fine: dict, total: float, plain: float) -> list[tuple[st
         ("· · the rest of the spans (ll init, missing `where`, block prep) ¹", fine_rest, ""),
         ("**filter** (`_filter_stored`; on a track `track_inference.factors`, `filter_chunk`)",
          s["filter"], c["filter"]),
-        ("**smoother** (`_smooth_stored`; on a track `track_inference.walk_causal`, `smoother_chunk`)",
+        ("**smoother** (`_smooth_stored`; on a track `track_inference.smoother_chunk`)",
          s["smoother"], c["smoother"]),
         ("**device<->host copies and writes**", copies, sum(c[k] for k in COPIES)),
         *((f"· {k}", s[k], c[k]) for k in COPIES),

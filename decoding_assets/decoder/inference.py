@@ -297,9 +297,8 @@ def _track_scans(transitions: tr.Transitions, interior_index: np.ndarray, step: 
         is_last[-1] = holds_last
         acausal = np.empty((n_rows, width), np.float32)
         state_probabilities = np.empty((n_rows, acausal_next.point.shape[0] + acausal_next.grid.shape[0]), np.float32)
-        walked = track_inference.walk_causal(walk.values, causal, acausal_next.point.shape[0], inverse_normalizer)
         track_inference.smoother_chunk(
-            *pieces, acausal_next.point, acausal_next.grid, causal, walked, is_last, acausal, state_probabilities
+            *pieces, acausal_next.point, acausal_next.grid, causal, is_last, acausal, state_probabilities
         )
         return acausal_next, acausal, state_probabilities
 

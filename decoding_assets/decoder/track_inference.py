@@ -212,15 +212,13 @@ def filter_chunk(
 @numba.njit(fastmath=_FAST, **_OPTIONS)
 def smoother_chunk(
     W, row_runs, runs_start, runs_stop, interior, inverse_normalizer, discrete, n_interior,
-    next_point, next_grid, causal, causal_walked, is_last, acausal_out, states_out,
+    next_point, next_grid, causal, is_last, acausal_out, states_out,
 ):  # fmt: skip
     """The acausal posterior of T time bins, scanning backwards.
 
     next_point (K,), next_grid (G, n): the acausal posterior of the bin after the chunk
     (any value if the chunk holds the last bin), updated in place to the chunk's first
-    bin's. causal (T, K + G n): the stored causal posterior (NaN outside the track);
-    causal_walked (T, n): W (causal_t[grid 0] w), which the predictions need (it
-    depends on the causal posterior only: ``walk_causal`` computes a chunk's at once).
+    bin's. causal (T, K + G n): the stored causal posterior (NaN outside the track).
     is_last (T,): True at the session's last bin. Writes acausal_out (T, K + G n) and
     states_out (T, S).
     """
@@ -235,6 +233,7 @@ def smoother_chunk(
     value = np.empty(n_states, np.float32)
     mass = np.empty(n_states, np.float32)
     source, walked = np.empty(n, np.float32), np.empty(n, np.float32)
+    causal_walked = np.empty(n, np.float32)
     outside = np.flatnonzero(interior == 0)
     for t in range(n_time - 1, -1, -1):
         for k in range(n_point):
@@ -249,7 +248,13 @@ def smoother_chunk(
             next_point[:] = c_point
             next_grid[:, :] = c_grid
         else:
-            _predict(c_point, c_grid, causal_walked[t], interior, discrete, n_interior, q_point, q_grid, mass)
+            # the prediction's walk, here rather than as one BLAS product per chunk:
+            # that was no faster, and the BLAS threads kept spinning on the core
+            # after it returned, slowing what ran next
+            for i in range(n):
+                source[i] = c_grid[0, i] * inverse_normalizer[i]
+            _walk(W, row_runs, runs_start, runs_stop, source, causal_walked)
+            _predict(c_point, c_grid, causal_walked, interior, discrete, n_interior, q_point, q_grid, mass)
             # the ratio r = acausal_{t+1} / predicted (0 where predicted is 0), in q
             for k in range(n_point):
                 q_point[k] = next_point[k] / q_point[k] if q_point[k] > 0 else np.float32(0.0)
@@ -292,12 +297,3 @@ def smoother_chunk(
                 for i in range(n):
                     next_grid[g, i] *= scale
         _store(next_point, next_grid, outside, acausal_out[t], states_out[t])
-
-
-def walk_causal(W: np.ndarray, causal: np.ndarray, n_point: int, inverse_normalizer: np.ndarray) -> np.ndarray:
-    """W (causal_t[grid 0] w) for every row of a chunk of the stored causal posterior
-    (T, K + G n): one matrix product (W is symmetric), instead of one per time bin
-    inside the smoother's scan. returns (T, n) float32."""
-    n = W.shape[0]
-    source = causal[:, n_point : n_point + n] * inverse_normalizer
-    return np.nan_to_num(source, nan=0.0, copy=False) @ W
