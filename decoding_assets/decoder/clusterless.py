@@ -34,7 +34,7 @@ DEFAULT_CLUSTERLESS_ALGORITHM_PARAMS = {
 }
 # Largest block of decoding spikes per matrix product, whatever block_size says:
 # beyond this the product is no faster and only uses more memory.
-_MAX_SPIKE_BLOCK = 512
+_MAX_SPIKE_BLOCK = 1024
 
 
 MODELS: dict[str, type] = {}  # every model class by name, for load_model
