@@ -109,6 +109,22 @@ def _walk(W, row_runs, runs_start, runs_stop, x, out):
 
 
 @numba.njit(fastmath=_FAST, **_OPTIONS)
+def _walk_two(W, row_runs, runs_start, runs_stop, x, y, out_x, out_y):
+    """out_x = W x and out_y = W y in one pass over W's runs: a row's loop and its
+    reduction cost more than its multiplications, so two products at once cost little
+    more than one."""
+    for i in range(x.shape[0]):
+        total_x = np.float32(0.0)
+        total_y = np.float32(0.0)
+        for run in range(row_runs[i], row_runs[i + 1]):
+            for j in range(runs_start[run], runs_stop[run]):
+                total_x += W[i, j] * x[j]
+                total_y += W[i, j] * y[j]
+        out_x[i] = total_x
+        out_y[i] = total_y
+
+
+@numba.njit(fastmath=_FAST, **_OPTIONS)
 def _predict(point, grid, walked, interior, discrete, n_interior, out_point, out_grid, mass):
     """(out_point (K,), out_grid (G, n)) = (point, grid) A, the one-step prediction,
     given walked = W (grid[0] w) (n,). mass (S,) is work space."""
@@ -233,7 +249,10 @@ def smoother_chunk(
     value = np.empty(n_states, np.float32)
     mass = np.empty(n_states, np.float32)
     source, walked = np.empty(n, np.float32), np.empty(n, np.float32)
-    causal_walked = np.empty(n, np.float32)
+    # the walk of a bin's prediction, W (causal_t[grid 0] w), depends on the causal
+    # posterior only: it is done one bin ahead, in one pass with the backward walk
+    causal_source, causal_walked = np.empty(n, np.float32), np.empty(n, np.float32)
+    walked_ahead = False
     outside = np.flatnonzero(interior == 0)
     for t in range(n_time - 1, -1, -1):
         for k in range(n_point):
@@ -247,13 +266,12 @@ def smoother_chunk(
         if is_last[t]:
             next_point[:] = c_point
             next_grid[:, :] = c_grid
+            walked_ahead = False
         else:
-            # the prediction's walk, here rather than as one BLAS product per chunk:
-            # that was no faster, and the BLAS threads kept spinning on the core
-            # after it returned, slowing what ran next
-            for i in range(n):
-                source[i] = c_grid[0, i] * inverse_normalizer[i]
-            _walk(W, row_runs, runs_start, runs_stop, source, causal_walked)
+            if not walked_ahead:
+                for i in range(n):
+                    causal_source[i] = c_grid[0, i] * inverse_normalizer[i]
+                _walk(W, row_runs, runs_start, runs_stop, causal_source, causal_walked)
             _predict(c_point, c_grid, causal_walked, interior, discrete, n_interior, q_point, q_grid, mass)
             # the ratio r = acausal_{t+1} / predicted (0 where predicted is 0), in q
             for k in range(n_point):
@@ -268,7 +286,16 @@ def smoother_chunk(
                 value[n_point + g] = interior_sum / n_interior
             for i in range(n):
                 source[i] = interior[i] * q_grid[0, i]
-            _walk(W, row_runs, runs_start, runs_stop, source, walked)
+            walked_ahead = t > 0
+            if walked_ahead:
+                row = causal[t - 1, n_point : n_point + n]
+                for i in range(n):
+                    causal_source[i] = row[i] * inverse_normalizer[i]
+                for i in outside:
+                    causal_source[i] = np.float32(0.0)
+                _walk_two(W, row_runs, runs_start, runs_stop, source, causal_source, walked, causal_walked)
+            else:
+                _walk(W, row_runs, runs_start, runs_stop, source, walked)
             total = np.float32(0.0)
             for k in range(n_point):
                 back = np.float32(0.0)
