@@ -450,7 +450,7 @@ class ClusterlessDecoder:
     def _initial_states(self, dtype) -> tr.States:
         n_point = self.layout.n_point
         grid = self.initial_conditions_[n_point:].reshape(self.layout.n_grid, *self.environments.centers_shape_)
-        return tr.States(jnp.asarray(self.initial_conditions_[:n_point], dtype), jnp.asarray(grid, dtype))
+        return tr.States(tr.on_device(self.initial_conditions_[:n_point], dtype), tr.on_device(grid, dtype))
 
     def _decode(
         self, decode: inputs.DecodingInputs, bounds, ll_cache, causal_out, acausal_out, progress: Progress
@@ -503,16 +503,14 @@ class ClusterlessDecoder:
         def log_likelihood(start: int, stop: int, rows: int) -> inference.LogLikelihoods:
             key = (start, stop, rows)
             if ll_cache is not None and key in ll_cache:
-                return jax.tree.map(jnp.asarray, ll_cache[key])
+                return jax.tree.map(tr.on_device, ll_cache[key])
             on_grid = lik.log_likelihood_rows(grid, spikes, start, stop, rows, decode.is_missing, max_block)
             if point_log_likelihood is None:
-                point = jnp.zeros((rows, 0), dtype=dtype)
+                point = np.zeros((rows, 0), dtype)
             else:
-                point = point_log_likelihood(start, stop, rows)
-            missing = np.zeros(rows, dtype=bool)
-            missing[: stop - start] = decode.is_missing[start:stop]
-            point = jnp.where(jnp.asarray(missing)[:, jnp.newaxis], lik.MISSING_LOG_LIKELIHOOD, point)
-            values = inference.LogLikelihoods(point, on_grid)
+                point = np.array(point_log_likelihood(start, stop, rows), dtype)
+            point[: stop - start][decode.is_missing[start:stop]] = lik.MISSING_LOG_LIKELIHOOD
+            values = inference.LogLikelihoods(tr.on_device(point), on_grid)
             if ll_cache is not None:
                 ll_cache[key] = jax.tree.map(np.asarray, values)
             return values

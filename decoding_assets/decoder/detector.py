@@ -20,7 +20,6 @@ prior of concentration 1.1 plus a per-state stickiness on staying.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
@@ -170,7 +169,7 @@ class NonLocalClusterlessDetector(ClusterlessDecoder):
         def rows(start: int, stop: int, n_rows: int):
             out = np.zeros((n_rows, 2))
             out[: stop - start] = both[start:stop]
-            return jnp.asarray(out, dtype=dtype)
+            return out.astype(dtype)
 
         return rows
 

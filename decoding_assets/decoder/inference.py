@@ -192,9 +192,8 @@ def filter_and_smooth(
         progress("likelihood", span_stop, n_time)
         for start in range(span_start, span_stop, step):
             stop = min(start + step, n_time)
-            rows = slice(start - span_start, start - span_start + step)
             prior, chunk_marginal, flat, state_probabilities, predicted = scans.filter(
-                prior, [x[rows] for x in ll], stop - start
+                prior, ll, start - span_start, stop - start
             )
             log_marginal += chunk_marginal
             causal_out[start:stop] = flat
@@ -202,7 +201,7 @@ def filter_and_smooth(
             predicted_states[start:stop] = predicted
             progress("filter", stop, n_time)
 
-    acausal_next = scans.carry(jax.tree.map(jnp.zeros_like, initial))
+    acausal_next = scans.carry(States(*(np.zeros(x.shape, x.dtype) for x in initial)))
     for start in reversed(range(0, n_time, step)):
         stop = min(start + step, n_time)
         acausal_next, flat, state_probabilities = scans.smoother(acausal_next, causal_out[start:stop], stop == n_time)
@@ -220,9 +219,9 @@ class _Scans(NamedTuple):
     carry(States) -> the carry between chunks, as these functions take it.
     span(LogLikelihoods) -> arrays with a leading time axis: the likelihood as
     ``filter`` takes it.
-    filter(prior, the span's arrays at the chunk's ``step`` rows, n) -> (prior,
-    log_marginal, causal (n, width), state probabilities (n, S), predicted (n, S)), for
-    the chunk's first n rows.
+    filter(prior, the span's arrays, first, n) -> (prior, log_marginal, causal (n,
+    width), state probabilities (n, S), predicted (n, S)) for the n rows of the span
+    from row ``first`` (the span is padded to whole chunks of ``step`` rows).
     smoother(acausal_next, causal (n, width), holds_last) -> (acausal_next, acausal
     (n, width), state probabilities (n, S)); holds_last: the chunk ends the decode.
     """
@@ -236,13 +235,13 @@ class _Scans(NamedTuple):
 def _xla_scans(transitions: tr.Transitions, interior_index: np.ndarray, step: int, width: int) -> _Scans:
     """``filter_chunk`` and ``smoother_chunk`` on the device, in chunks of ``step`` rows
     (the last one padded, so every chunk has the same compiled shapes)."""
-    index = jnp.asarray(interior_index)
+    index = tr.on_device(interior_index)
 
-    def run_filter(prior, ll, n):
+    def run_filter(prior, ll, first, n):
         (prior, log_marginal), flat, state_probabilities, predicted = _filter_stored(
-            transitions, prior, *ll, index, jnp.arange(step) < n
+            transitions, prior, *ll, np.int32(first), index, np.arange(step) < n
         )
-        return prior, log_marginal, *(np.asarray(x)[:n] for x in (flat, state_probabilities, predicted))
+        return prior, float(log_marginal), *(np.asarray(x)[:n] for x in (flat, state_probabilities, predicted))
 
     def run_smoother(acausal_next, causal, holds_last):
         n = causal.shape[0]
@@ -251,9 +250,8 @@ def _xla_scans(transitions: tr.Transitions, interior_index: np.ndarray, step: in
             padded[:n] = causal
             causal = padded
         rows = np.arange(step)
-        is_last, is_valid = jnp.asarray(holds_last & (rows == n - 1)), jnp.asarray(rows < n)
         acausal_next, flat, state_probabilities = _smooth_stored(
-            transitions, acausal_next, jnp.asarray(causal), is_last, is_valid
+            transitions, acausal_next, causal, holds_last & (rows == n - 1), rows < n
         )
         return acausal_next, np.asarray(flat)[:n], np.asarray(state_probabilities)[:n]
 
@@ -281,13 +279,14 @@ def _track_scans(transitions: tr.Transitions, interior_index: np.ndarray, step: 
     def span(ll: LogLikelihoods):
         return track_inference.factors(np.asarray(ll.point), np.asarray(ll.grid), interior_index, n)
 
-    def run_filter(prior, factors, n_rows):
+    def run_filter(prior, factors, first, n_rows):
         n_states = prior.point.shape[0] + prior.grid.shape[0]
         causal = np.empty((n_rows, width), np.float32)
         state_probabilities, predicted = (np.empty((n_rows, n_states), np.float32) for _ in range(2))
         log_marginal = track_inference.filter_chunk(
-            *pieces, prior.point, prior.grid, *(x[:n_rows] for x in factors), causal, state_probabilities, predicted
-        )
+            *pieces, prior.point, prior.grid, *(x[first : first + n_rows] for x in factors),
+            causal, state_probabilities, predicted,
+        )  # fmt: skip
         return prior, log_marginal, causal, state_probabilities, predicted
 
     def run_smoother(acausal_next, causal, holds_last):
@@ -311,10 +310,14 @@ def _track_scans(transitions: tr.Transitions, interior_index: np.ndarray, step: 
 
 
 @jax.jit
-def _filter_stored(transitions: tr.Transitions, prior: States, ll_point, ll_grid, interior_index, is_valid):
-    """``filter_chunk`` from (T, K) and (T, N) log likelihoods to the stored layout:
-    returns (next_prior, log_marginal), causal (T, width), its state probabilities
-    (T, S) and the predicted ones (T, S)."""
+def _filter_stored(transitions: tr.Transitions, prior: States, ll_point, ll_grid, first, interior_index, is_valid):
+    """``filter_chunk`` from a span's (R, K) and (R, N) log likelihoods, its T rows from
+    row ``first`` (T = is_valid's length), to the stored layout: returns (next_prior,
+    log_marginal), causal (T, width), its state probabilities (T, S) and the predicted
+    ones (T, S). The chunk is cut here: cutting it before the call would compile a
+    slicing program of its own."""
+    n_time = is_valid.shape[0]
+    ll_point, ll_grid = (jax.lax.dynamic_slice_in_dim(x, first, n_time) for x in (ll_point, ll_grid))
     chunk = States(ll_point, _on_grid(ll_grid, interior_index, transitions.interior.shape))
     carry, (causal, predicted) = filter_chunk(transitions, prior, chunk, is_valid)
     flat, state_probabilities = _to_output(causal, transitions.interior)

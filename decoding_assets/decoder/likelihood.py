@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from .transitions import on_device
+
 EPS = 1e-15
 LOG_EPS = float(np.log(EPS))
 MISSING_LOG_LIKELIHOOD = 1.0  # the reference's value for bins flagged is_missing
@@ -156,13 +158,12 @@ def kernel_density(samples: np.ndarray, axis_centers: list[np.ndarray], std: np.
     total = np.zeros(int(np.prod([len(c) for c in axis_centers])))
     if n_samples == 0:
         return total
-    centers = tuple(jnp.asarray(c, dtype=dtype) for c in axis_centers)
-    std = jnp.asarray(std, dtype=dtype)
+    centers = tuple(on_device(c, dtype) for c in axis_centers)
+    std = on_device(std, dtype)
     for start in range(0, n_samples, _SAMPLE_BLOCK):
         block, valid = _pad_rows(samples[start : start + _SAMPLE_BLOCK], _SAMPLE_BLOCK)
         total += np.asarray(
-            _weighted_kernel_sum(jnp.asarray(block, dtype=dtype), jnp.asarray(valid, dtype=dtype), centers, std),
-            dtype=np.float64,
+            _weighted_kernel_sum(np.asarray(block, dtype), np.asarray(valid, dtype), centers, std), dtype=np.float64
         )
     return total / n_samples
 
@@ -268,12 +269,12 @@ def likelihood_grid(encoding: Encoding, interior: np.ndarray, axis_centers, posi
         log_occupancy = np.where(occupancy > 0, np.log(occupancy), np.inf)
     return LikelihoodGrid(
         interior_axis_index=tuple(
-            jnp.asarray(i) for i in np.unravel_index(np.flatnonzero(interior), [len(c) for c in axis_centers])
+            on_device(i, np.int32) for i in np.unravel_index(np.flatnonzero(interior), [len(c) for c in axis_centers])
         ),
-        axis_centers=tuple(jnp.asarray(c, dtype=dtype) for c in axis_centers),
-        position_std=jnp.asarray(position_std, dtype=dtype),
-        log_occupancy=jnp.asarray(log_occupancy, dtype=dtype),
-        ground=jnp.asarray(encoding.summed_ground_process_intensity[interior], dtype=dtype),
+        axis_centers=tuple(on_device(c, dtype) for c in axis_centers),
+        position_std=on_device(position_std, dtype),
+        log_occupancy=on_device(log_occupancy, dtype),
+        ground=on_device(encoding.summed_ground_process_intensity[interior], dtype),
     )
 
 
@@ -303,10 +304,10 @@ def prepare_decoding_spikes(
             DecodingSpikes(
                 bins=bins,
                 marks=scaled,
-                encoding_marks=jnp.asarray(enc_marks, dtype=dtype),
-                encoding_valid=jnp.asarray(valid),
-                encoding_positions=jnp.asarray(enc_positions, dtype=dtype),
-                log_scale=jnp.asarray(log_scale, dtype=dtype),
+                encoding_marks=on_device(enc_marks, dtype),
+                encoding_valid=on_device(valid),
+                encoding_positions=on_device(enc_positions, dtype),
+                log_scale=on_device(log_scale, dtype),
             )
         )
     return prepared
@@ -339,7 +340,7 @@ def log_likelihood_rows(
     (n_rows, N). Bins outside the track carry no probability, so it is never computed
     there. is_missing : (n_time,) bool for the whole decode."""
     dtype = grid.ground.dtype
-    ll = jnp.zeros((n_rows, grid.ground.shape[0]), dtype=dtype) - grid.ground
+    ll = _minus_ground(grid.ground, n_rows)
     for item in spikes:
         lo, hi = np.searchsorted(item.bins, [start, stop])
         if hi > lo:
@@ -354,19 +355,30 @@ def log_likelihood_rows(
                 bins = np.full(size, n_rows, dtype=np.int32)  # padding rows fall outside the chunk
                 bins[:n] = item.bins[rows] - start
                 if kernel is None:
-                    ll = add_constant_spike_terms(ll, jnp.asarray(bins))
+                    ll = add_constant_spike_terms(ll, bins)
                     continue
-                block_marks = np.zeros((size, item.marks.shape[1]))
+                block_marks = np.zeros((size, item.marks.shape[1]), dtype)
                 block_marks[:n] = item.marks[rows]
                 ll = add_spike_terms(
-                    ll, jnp.asarray(bins), jnp.asarray(block_marks, dtype=dtype), item.encoding_marks,
+                    ll, bins, block_marks, item.encoding_marks,
                     item.encoding_valid, kernel, grid.log_occupancy, item.log_scale,
                 )  # fmt: skip
         if progress is not None:
             progress.update(1)
     missing = np.zeros(n_rows, dtype=bool)
     missing[: stop - start] = is_missing[start:stop]
-    return jnp.where(jnp.asarray(missing)[:, jnp.newaxis], MISSING_LOG_LIKELIHOOD, ll)
+    return _set_missing(ll, missing) if missing.any() else ll
+
+
+@partial(jax.jit, static_argnums=1)
+def _minus_ground(ground: jnp.ndarray, n_rows: int) -> jnp.ndarray:
+    """(n_rows, N) rows of -ground: where the spikes' terms are added."""
+    return jnp.broadcast_to(-ground, (n_rows, ground.shape[0]))
+
+
+@partial(jax.jit, donate_argnums=0)
+def _set_missing(log_likelihood: jnp.ndarray, missing: jnp.ndarray) -> jnp.ndarray:
+    return jnp.where(missing[:, jnp.newaxis], MISSING_LOG_LIKELIHOOD, log_likelihood)
 
 
 # ---------------------------------------------------------------------- states of one bin
@@ -408,15 +420,15 @@ def density_at(points: np.ndarray, samples: np.ndarray, weights: np.ndarray, std
     total = np.zeros(points.shape[0])
     if not samples.shape[0] or not points.shape[0]:
         return total
-    std = jnp.asarray(std, dtype=dtype)
+    std = on_device(std, dtype)
     rows = min(_SAMPLE_BLOCK, 1 << max(5, (points.shape[0] - 1).bit_length()))  # few points: a small block
     for i in range(0, points.shape[0], rows):
         block, _ = _pad_rows(points[i : i + rows], rows)
-        block = jnp.asarray(block, dtype=dtype)
+        block = on_device(block, dtype)
         for j in range(0, samples.shape[0], _SAMPLE_BLOCK):
             chunk, _ = _pad_rows(samples[j : j + _SAMPLE_BLOCK], _SAMPLE_BLOCK)
             chunk_weights, _ = _pad_rows(weights[j : j + _SAMPLE_BLOCK], _SAMPLE_BLOCK)
-            part = _weighted_density_block(block, jnp.asarray(chunk, dtype), jnp.asarray(chunk_weights, dtype), std)
+            part = _weighted_density_block(block, np.asarray(chunk, dtype), np.asarray(chunk_weights, dtype), std)
             total[i : i + rows] += np.asarray(part, dtype=np.float64)[: min(rows, points.shape[0] - i)]
     return total
 
@@ -463,7 +475,7 @@ def local_log_likelihood(
         ground = density_at(bin_positions, samples, np.concatenate(rates), position_std, dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
         ll = -np.where(occupancy > 0, ground / occupancy, 0.0)
-    std = jnp.asarray(position_std, dtype=dtype)
+    std = on_device(position_std, dtype)
     for item, positions in zip(spikes, spike_positions):
         if not item.bins.size:
             continue
@@ -476,7 +488,7 @@ def local_log_likelihood(
             padded_positions, _ = _pad_rows(positions[block], _SAMPLE_BLOCK)
             padded_marks, _ = _pad_rows(item.marks[block], _SAMPLE_BLOCK)
             values = _local_spike_terms(
-                jnp.asarray(padded_positions, dtype), jnp.asarray(padded_marks, dtype), item.encoding_positions,
+                np.asarray(padded_positions, dtype), np.asarray(padded_marks, dtype), item.encoding_positions,
                 item.encoding_marks, item.encoding_valid, std, item.log_scale,
             )  # fmt: skip
             terms[block] = np.asarray(values, dtype=np.float64)[: block.stop - block.start]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -65,6 +66,14 @@ class Transitions(NamedTuple):
     inverse_normalizer: jnp.ndarray
     discrete: jnp.ndarray
     n_interior: jnp.ndarray
+
+
+def on_device(x, dtype=None) -> jax.Array:
+    """x (NumPy data) on JAX's default device as ``dtype``: converted by NumPy on the
+    host, then copied. ``jnp.asarray`` compiles a small program (a conversion, or a
+    staging copy) for every new shape, which each fresh process pays for in tracing and
+    cache reads on its first decode: tens of them per decode."""
+    return jax.device_put(np.asarray(x, dtype))
 
 
 def random_walk_axis_kernels(environment: Environment, movement_var: float) -> list[np.ndarray]:
@@ -101,15 +110,17 @@ def make_transitions(
     """Build the operator pieces for a fitted environment."""
     kernels = random_walk_axis_kernels(environment, movement_var)
     interior = environment.is_track_interior_.astype(np.float64)
-    normalizer = np.asarray(apply_axis_kernels(kernels, interior)) if kernels else interior
+    normalizer = interior
+    for axis, kernel in enumerate(kernels):  # apply_axis_kernels, in NumPy float64
+        normalizer = np.moveaxis(np.tensordot(kernel, normalizer, axes=([1], [axis])), 0, axis)
     with np.errstate(divide="ignore"):
         inverse = np.where((interior > 0) & (normalizer > 0), 1.0 / normalizer, 0.0)
     return Transitions(
-        axis_kernels=tuple(jnp.asarray(k, dtype=dtype) for k in kernels),
-        interior=jnp.asarray(interior, dtype=dtype),
-        inverse_normalizer=jnp.asarray(inverse, dtype=dtype),
-        discrete=jnp.asarray(discrete_transition, dtype=dtype),
-        n_interior=jnp.asarray(interior.sum(), dtype=dtype),
+        axis_kernels=tuple(on_device(k, dtype) for k in kernels),
+        interior=on_device(interior, dtype),
+        inverse_normalizer=on_device(inverse, dtype),
+        discrete=on_device(discrete_transition, dtype),
+        n_interior=on_device(interior.sum(), dtype),
     )
 
 

@@ -160,11 +160,11 @@ def test_compiled_track_scans_equal_the_xla_scans(rng):
     scans = [inference._xla_scans(ops, index, step, width), inference._track_scans(ops, index, step, width)]
     grid = np.tile(interior, (2, 1)) * 0.25 / n_interior
     prior = tr.States(jnp.asarray([0.3, 0.2], jnp.float32), jnp.asarray(grid, jnp.float32))
-    ll = inference.LogLikelihoods(
-        jnp.asarray(rng.normal(-2.0, 1.0, (step, 2)), jnp.float32),
-        jnp.asarray(rng.normal(-3.0, 2.0, (step, n_interior)), jnp.float32),
+    ll = inference.LogLikelihoods(  # a span of two chunks: the second one is filtered
+        jnp.asarray(rng.normal(-2.0, 1.0, (2 * step, 2)), jnp.float32),
+        jnp.asarray(rng.normal(-3.0, 2.0, (2 * step, n_interior)), jnp.float32),
     )
-    xla, compiled = (s.filter(s.carry(prior), s.span(ll), 50) for s in scans)
+    xla, compiled = (s.filter(s.carry(prior), s.span(ll), step, 50) for s in scans)
     (xla_prior, xla_marginal, *xla_rows), (compiled_prior, marginal, *rows) = xla, compiled
     for got, expected in zip([*compiled_prior, *rows], [*xla_prior, *xla_rows]):
         np.testing.assert_allclose(got, np.asarray(expected), rtol=2e-5, atol=1e-9)
