@@ -33,6 +33,7 @@ from .transitions import on_device
 EPS = 1e-15
 LOG_EPS = float(np.log(EPS))
 MISSING_LOG_LIKELIHOOD = 1.0  # the reference's value for bins flagged is_missing
+_PADDING_SCORE = -1e30  # a padding encoding row's mark score: exp(-1e30 - best) is 0
 _SAMPLE_BLOCK = 4096  # samples per block when summing kernels over positions
 
 
@@ -68,15 +69,16 @@ class DecodingSpikes(NamedTuple):
     bins : (n,) time bin of each kept spike, sorted.
     marks : (n, n_features) marks, centred on the encoding marks' mean and divided by
         waveform_std (the mark kernel is shift invariant; centring keeps float32 exact).
-    encoding_marks, encoding_valid, encoding_positions : (E, n_features), (E,), (E, n_dims)
-        the encoding spikes padded to E rows, scaled as ``marks``; None when the group
-        has no encoding spike.
+    encoding_mark_terms, encoding_valid, encoding_positions : (E, n_features + 1), (E,),
+        (E, n_dims) the encoding spikes padded to E rows: their marks m scaled as
+        ``marks`` with -|m|^2 / 2 as a last column (``mark_terms``), whether each row
+        is a spike, and their positions; None when the group has no encoding spike.
     log_scale : () log(lambda_e / n_enc) - sum_f log(waveform_std_f sqrt(2 pi)).
     """
 
     bins: np.ndarray
     marks: np.ndarray
-    encoding_marks: jnp.ndarray | None
+    encoding_mark_terms: jnp.ndarray | None
     encoding_valid: jnp.ndarray | None
     encoding_positions: jnp.ndarray | None
     log_scale: jnp.ndarray | None
@@ -115,6 +117,25 @@ def _pad_rows(x: np.ndarray, n_padded: int) -> tuple[np.ndarray, np.ndarray]:
     valid = np.zeros(n_padded, dtype=bool)
     valid[:n] = True
     return padded, valid
+
+
+def mark_terms(marks: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(E, F + 1) the scaled encoding marks m and -|m|^2 / 2, so that one product gives
+    every log mark kernel up to the decoding spike's own term (``_mark_scores``).
+    Padding rows (valid False) score _PADDING_SCORE, which exp takes to exactly 0."""
+    terms = np.concatenate([marks, -0.5 * np.sum(marks**2, axis=1, keepdims=True)], axis=1)
+    terms[~valid] = 0.0
+    terms[~valid, -1] = _PADDING_SCORE
+    return terms
+
+
+def _mark_scores(decoding_marks: jnp.ndarray, encoding_mark_terms: jnp.ndarray) -> jnp.ndarray:
+    """(B, E) u . m - |m|^2 / 2 = -|u - m|^2 / 2 + |u|^2 / 2: the log mark kernel of each
+    decoding spike u and encoding spike m, plus a term of the decoding spike alone. One
+    product over F + 1 columns, and every later pass over the (B, E) scores is one fewer
+    than with the distances written out."""
+    ones = jnp.ones((decoding_marks.shape[0], 1), decoding_marks.dtype)
+    return jnp.concatenate([decoding_marks, ones], axis=1) @ encoding_mark_terms.T
 
 
 def position_kernel(samples: jnp.ndarray, axis_centers: tuple, std: jnp.ndarray) -> jnp.ndarray:
@@ -183,8 +204,7 @@ def add_spike_terms(
     log_likelihood: jnp.ndarray,
     bin_index: jnp.ndarray,
     decoding_marks: jnp.ndarray,
-    encoding_marks: jnp.ndarray,
-    encoding_valid: jnp.ndarray,
+    encoding_mark_terms: jnp.ndarray,
     encoding_position_kernel: jnp.ndarray,
     log_occupancy: jnp.ndarray,
     log_scale: jnp.ndarray,
@@ -193,20 +213,16 @@ def add_spike_terms(
 
     log_likelihood : (n_time, n_bins) chunk being accumulated (donated).
     bin_index : (B,) time bin of each spike within the chunk; n_time for padding rows.
-    decoding_marks : (B, F); encoding_marks : (E, F), both divided by waveform_std.
-    encoding_valid : (E,) False on padding rows.
+    decoding_marks : (B, F) divided by waveform_std; encoding_mark_terms : (E, F + 1)
+        (``mark_terms``).
     encoding_position_kernel : (E, n_bins) K_x(x - x_j).
     log_occupancy : (n_bins,) log occ(x), +inf where occ is 0.
     log_scale : () log(lambda_e / n_enc) + log of the mark kernel's normalization.
     """
-    squared_distance = (
-        jnp.sum(decoding_marks**2, axis=1)[:, jnp.newaxis]
-        + jnp.sum(encoding_marks**2, axis=1)[jnp.newaxis, :]
-        - 2.0 * decoding_marks @ encoding_marks.T
-    )
-    log_mark = jnp.where(encoding_valid, -0.5 * jnp.maximum(squared_distance, 0.0), -jnp.inf)
-    shift = jnp.max(log_mark, axis=1, keepdims=True)
-    density = jnp.exp(log_mark - shift) @ encoding_position_kernel  # (B, n_bins)
+    score = _mark_scores(decoding_marks, encoding_mark_terms)
+    best = jnp.max(score, axis=1, keepdims=True)
+    density = jnp.exp(score - best) @ encoding_position_kernel  # (B, n_bins)
+    shift = best - 0.5 * jnp.sum(decoding_marks**2, axis=1, keepdims=True)  # the largest log K_m
     term = jnp.log(density) + shift + log_scale - log_occupancy
     term = jnp.maximum(term, LOG_EPS)
     return log_likelihood.at[bin_index].add(term, mode="drop")
@@ -304,7 +320,7 @@ def prepare_decoding_spikes(
             DecodingSpikes(
                 bins=bins,
                 marks=scaled,
-                encoding_marks=on_device(enc_marks, dtype),
+                encoding_mark_terms=on_device(mark_terms(enc_marks, valid), dtype),
                 encoding_valid=on_device(valid),
                 encoding_positions=on_device(enc_positions, dtype),
                 log_scale=on_device(log_scale, dtype),
@@ -360,8 +376,7 @@ def log_likelihood_rows(
                 block_marks = np.zeros((size, item.marks.shape[1]), dtype)
                 block_marks[:n] = item.marks[rows]
                 ll = add_spike_terms(
-                    ll, bins, block_marks, item.encoding_marks,
-                    item.encoding_valid, kernel, grid.log_occupancy, item.log_scale,
+                    ll, bins, block_marks, item.encoding_mark_terms, kernel, grid.log_occupancy, item.log_scale,
                 )  # fmt: skip
         if progress is not None:
             progress.update(1)
@@ -434,19 +449,16 @@ def density_at(points: np.ndarray, samples: np.ndarray, weights: np.ndarray, std
 
 
 @jax.jit
-def _local_spike_terms(positions, marks, encoding_positions, encoding_marks, encoding_valid, position_std, log_scale):
+def _local_spike_terms(positions, marks, encoding_positions, mark_terms, encoding_valid, position_std, log_scale):
     """log(lambda_e mean_j K_x(p_k - x_j) K_m(m_k - m_j)) for a block of spikes: (B,).
 
     positions (B, D) and marks (B, F) of the spikes (marks scaled as ``DecodingSpikes``);
-    encoding_* padded to E rows; log_scale as ``DecodingSpikes.log_scale``.
+    encoding_positions, mark_terms (``mark_terms``) and encoding_valid padded to E rows;
+    log_scale as ``DecodingSpikes.log_scale``.
     """
     log_position = _log_position_kernel_block(positions, encoding_positions, encoding_valid, position_std)
-    squared = (
-        jnp.sum(marks**2, axis=1)[:, jnp.newaxis]
-        + jnp.sum(encoding_marks**2, axis=1)[jnp.newaxis, :]
-        - 2.0 * marks @ encoding_marks.T
-    )
-    return logsumexp(log_position - 0.5 * jnp.maximum(squared, 0.0), axis=1) + log_scale
+    log_mark = _mark_scores(marks, mark_terms) - 0.5 * jnp.sum(marks**2, axis=1, keepdims=True)
+    return logsumexp(log_position + log_mark, axis=1) + log_scale
 
 
 def local_log_likelihood(
@@ -489,7 +501,7 @@ def local_log_likelihood(
             padded_marks, _ = _pad_rows(item.marks[block], _SAMPLE_BLOCK)
             values = _local_spike_terms(
                 np.asarray(padded_positions, dtype), np.asarray(padded_marks, dtype), item.encoding_positions,
-                item.encoding_marks, item.encoding_valid, std, item.log_scale,
+                item.encoding_mark_terms, item.encoding_valid, std, item.log_scale,
             )  # fmt: skip
             terms[block] = np.asarray(values, dtype=np.float64)[: block.stop - block.start]
         at_spike = density_at(positions, training_positions, mean_weights, position_std, dtype)
