@@ -207,11 +207,11 @@ def instrumented(split: Split):
 
     def recorded_add_spike_terms(*args, **kwargs):
         if split.blocks is not None and not _tracing(args, kwargs):
-            ll, bins, decoding_marks, _, valid, kernel = args[:6]
+            ll, bins, decoding_marks, mark_terms, kernel = args[:5]
             split.blocks.append(
-                dict(B=int(bins.shape[0]), E=int(valid.shape[0]), F=int(decoding_marks.shape[1]),
+                dict(B=int(bins.shape[0]), E=int(mark_terms.shape[0]), F=int(decoding_marks.shape[1]),
                      N=int(kernel.shape[1]), spikes=int((np.asarray(bins) < ll.shape[0]).sum()),
-                     encoding=int(np.asarray(valid).sum()))
+                     encoding=int((np.asarray(mark_terms)[:, -1] > lik._PADDING_SCORE).sum()))
             )  # fmt: skip
         return add_spike_terms(*args, **kwargs)
 

@@ -271,7 +271,7 @@ def _track_scans(transitions: tr.Transitions, interior_index: np.ndarray, step: 
         np.asarray(transitions.discrete, np.float32),
         np.float32(transitions.n_interior),
     )
-    n = walk.values.shape[0]
+    n = walk.values.shape[1]
 
     def carry(states: States) -> States:
         return States(*(np.array(x, np.float32) for x in states))
