@@ -10,9 +10,11 @@ encoding spikes j at positions x_j with marks m_j and mean rate lambda_e:
                     + sum_{spikes k in bin i} max(log(lambda_e mean_j K_m(m_k - m_j) K_x(x - x_j) / occ(x)), log 1e-15)
 
 The spike term is a matrix product per block of decoding spikes:
-(B x E) mark weights times (E x n_bins) position kernel. The mark weights are
-exponentiated after subtracting each row's maximum log weight and the shift is added
-back after the log, so float32 never turns a spike's density into log(0).
+(B x E) mark weights times (E x n_bins) position kernel. The log mark weights come
+from one product too, of the spikes' [u, 1] with the encoding spikes' [m, -|m|^2 / 2]
+(``mark_terms``): u.m - |m|^2 / 2 is log K_m up to terms of u alone. They are
+exponentiated after subtracting each row's maximum and the shift is added back after
+the log, so float32 never turns a spike's density into log(0).
 
 Missing bins (``is_missing``) get LL = 1 everywhere, as in the reference: the posterior
 only propagates there, and the marginal log likelihood counts 1 per missing bin.

@@ -42,9 +42,7 @@ _OPTIONS = {"nogil": True, "cache": True, "error_model": "numpy"}
 # rounding only. NaN and infinities keep their meaning (no "nnan"/"ninf").
 _FAST = {"reassoc", "contract"}
 _LANES = 16  # a run's length is rounded up to this, so its loop has no scalar tail
-
-
-_ROWS = 4  # rows of W per pass over their columns
+_ROWS = 4  # rows of W per pass over their columns (``_walk`` keeps one sum per row)
 
 
 class Kernel(NamedTuple):
