@@ -40,7 +40,7 @@ import xarray as xr
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from .environment import Environment, _edge_length
+from .environment import Environment
 
 ROWS = 4096  # time bins read at once: 4096 x 2 states x 2,500 bins x 4 bytes = 80 MB
 HPD_MASS = 0.95
@@ -335,19 +335,15 @@ class _TrackDistances:
 
     def __init__(self, environment: Environment):
         graph = environment.track_graph
-        ordered = environment._ordered_edges()
-        nodes = list(graph.nodes)
-        number = {node: k for k, node in enumerate(nodes)}
         self.edge_index = environment.bin_edge_index_
         self.offset = environment.bin_edge_offset_
-        self.ends = np.array([[number[u], number[v]] for u, v in ordered])
-        self.lengths = np.array([_edge_length(graph, u, v) for u, v in ordered])
-        position = nx_positions(graph, nodes)
-        self.direction = np.array([np.arctan2(*(position[number[v]] - position[number[u]])[::-1]) for u, v in ordered])
+        self.ends, self.lengths = environment.edge_ends()
+        along = nx_positions(graph, list(graph.nodes))[self.ends]  # (n_edges, 2 ends, 2 coordinates)
+        self.direction = np.arctan2(along[:, 1, 1] - along[:, 0, 1], along[:, 1, 0] - along[:, 0, 0])
         self.node_to_bin = environment.node_bin_distances()
         centers = environment.place_bin_centers_[:, 0]
         self.edge_start = np.array([np.nanmin(centers[self.edge_index == k] - self.offset[self.edge_index == k])
-                                    for k in range(len(ordered))])  # fmt: skip
+                                    for k in range(len(self.lengths))])  # fmt: skip
         self.bin_edges = environment.edges_[0]
 
     def locate(self, linear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -196,11 +196,18 @@ class Environment:
         self.bin_edge_offset_ = np.asarray(edge_offset)
         self.is_track_interior_ = self.bin_edge_index_ >= 0
 
+    def edge_ends(self) -> tuple[np.ndarray, np.ndarray]:
+        """The linearized edges (``edge_order``) as (n_edges, 2) numbers of their start
+        and end nodes (in ``track_graph.nodes`` order) and (n_edges,) their lengths."""
+        ordered = self._ordered_edges()
+        number = {node: k for k, node in enumerate(self.track_graph.nodes)}
+        ends = np.array([[number[u], number[v]] for u, v in ordered]).reshape(-1, 2)
+        return ends, np.array([_edge_length(self.track_graph, u, v) for u, v in ordered])
+
     def node_bin_distances(self) -> np.ndarray:
         """Shortest-path distance along the track graph from each of its nodes (in
         ``track_graph.nodes`` order) to each bin centre, (n_nodes, n_bins): out through
         the bin's edge's start node or its end node. Gap bins are at infinite distance."""
-        ordered = self._ordered_edges()
         nodes = list(self.track_graph.nodes)
         number = {node: k for k, node in enumerate(nodes)}
         between = np.full((len(nodes), len(nodes)), np.inf)  # shortest paths between the graph's nodes
@@ -209,8 +216,8 @@ class Environment:
                 between[number[source], number[target]] = length
         index, offset = self.bin_edge_index_, self.bin_edge_offset_
         on_track = index >= 0
-        lengths = np.array([_edge_length(self.track_graph, u, v) for u, v in ordered])
-        ends = np.array([[number[u], number[v]] for u, v in ordered])[index[on_track]]
+        ends, lengths = self.edge_ends()
+        ends = ends[index[on_track]]
         distance = np.full((len(nodes), index.size), np.inf)
         distance[:, on_track] = np.minimum(
             between[:, ends[:, 0]] + offset[on_track],
@@ -225,14 +232,12 @@ class Environment:
         |offset difference| apart; otherwise the path leaves through an end of one edge
         and goes on to the other bin (``node_bin_distances``).
         """
-        ordered = self._ordered_edges()
-        number = {node: k for k, node in enumerate(self.track_graph.nodes)}
         from_node = self.node_bin_distances()
         index, offset = self.bin_edge_index_, self.bin_edge_offset_
         on_track = np.flatnonzero(index >= 0)
-        lengths = np.array([_edge_length(self.track_graph, u, v) for u, v in ordered])
+        ends, lengths = self.edge_ends()
         # each bin's two ways off its edge: through its start node, and through its end node
-        ends = np.array([[number[u], number[v]] for u, v in ordered])[index[on_track]]
+        ends = ends[index[on_track]]
         to_ends = np.column_stack([offset[on_track], lengths[index[on_track]] - offset[on_track]])
         best = np.minimum(
             to_ends[:, 0, np.newaxis] + from_node[np.ix_(ends[:, 0], on_track)],
