@@ -17,9 +17,9 @@ the default ``--repeats 3`` on 2 cores, about a third of it the fresh processes)
    ``transitions.make_transitions``, and the rest. Seconds and microseconds per decoded
    time bin. The package is not edited: for the instrumented runs the script replaces
    the module-level functions that predict calls (``inference._filter_stored`` and the
-   like, ``inference.np``/``inference.jnp`` by proxies whose ``asarray`` is timed,
-   ``clusterless._Rows`` by a subclass whose reads and writes are timed) by wrappers
-   that call the original, wait for its result (``jax.block_until_ready``) and add the
+   like, ``inference.np`` by a proxy whose ``asarray`` is timed (host data reaches the
+   device as arguments of the compiled calls, inside their time), ``clusterless._Rows``
+   by a subclass whose reads and writes are timed) by wrappers that call the original, wait for its result (``jax.block_until_ready``) and add the
    time to their part; everything is restored afterwards. Three kinds of warm predict
    alternate, ``--repeats`` of each: plain (no wrapper: the real figure), instrumented
    (every part above timed, the likelihood's spans as a whole), and fine (as
@@ -245,7 +245,6 @@ def instrumented(split: Split):
         (track_inference, "filter_chunk", _timed(split, track_inference.filter_chunk, "filter")),
         (track_inference, "smoother_chunk", _timed(split, track_inference.smoother_chunk, "smoother")),
         (inference, "np", _TimedAsarray(inference.np, split, "device->host (np.asarray)")),
-        (inference, "jnp", _TimedAsarray(inference.jnp, split, "host->device (jnp.asarray)")),
         (tr, "make_transitions", _timed(split, tr.make_transitions, "make_transitions")),
         (lik, "add_spike_terms", _timed(split, recorded_add_spike_terms, "add_spike_terms", fine_only=True)),
         (lik, "interior_position_kernel",
@@ -271,7 +270,6 @@ def instrumented(split: Split):
 LAYOUT = ()  # fused into the filter's and the smoother's calls (inference._filter_stored, _smooth_stored)
 COPIES = (
     "device->host (np.asarray)",
-    "host->device (jnp.asarray)",
     "writes into the output arrays (sink[rows] = ...)",
     "reads of the causal posterior (sink[rows])",
 )

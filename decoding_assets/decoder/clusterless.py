@@ -126,7 +126,7 @@ class ClusterlessDecoder:
         return 0.0
 
     def _point_log_likelihood(self, decode: inputs.DecodingInputs, spike_bins: list, spikes: list, dtype):
-        """A function (start, stop, rows) -> (rows, K), the log likelihoods of the states
+        """A function (start, stop, rows) -> (rows, K) NumPy, the log likelihoods of the states
         of one bin for time bins [start, stop) padded to ``rows``; None if there are none.
         spike_bins[e] : (kept, bins) of each electrode group's spikes (``inputs.spike_time_bins``);
         spikes : those spikes as the likelihood on the grid uses them (``lik.DecodingSpikes``)."""

@@ -169,7 +169,7 @@ class NonLocalClusterlessDetector(ClusterlessDecoder):
         def rows(start: int, stop: int, n_rows: int):
             out = np.zeros((n_rows, 2))
             out[: stop - start] = both[start:stop]
-            return out.astype(dtype)
+            return out
 
         return rows
 

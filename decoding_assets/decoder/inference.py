@@ -263,11 +263,10 @@ def _track_scans(transitions: tr.Transitions, interior_index: np.ndarray, step: 
     from . import track_inference  # numba compiles (or loads) the loops on first use
 
     walk = track_inference.kernel(np.asarray(transitions.axis_kernels[0]))
-    inverse_normalizer = np.asarray(transitions.inverse_normalizer, np.float32)
     pieces = (
         *walk,
         np.asarray(transitions.interior, np.float32),
-        inverse_normalizer,
+        np.asarray(transitions.inverse_normalizer, np.float32),
         np.asarray(transitions.discrete, np.float32),
         np.float32(transitions.n_interior),
     )
