@@ -22,6 +22,7 @@ a bin reaches only bins within a few movement standard deviations. The products 
 over the nonzero stretches of columns of each block of a few rows only (``kernel``),
 which gives the dense product's terms, zeros left out.
 
+The loops run with denormal numbers flushed to zero, as XLA's do (``denormals_flushed``).
 Arrays are NumPy float32, as on the JAX path; the grid states are (G, n) rows that hold
 the bins outside the track too (zero there). Each function takes a chunk of time bins
 and writes into arrays it is given, so ``inference.filter_and_smooth`` streams a decode
@@ -31,10 +32,15 @@ of any length through them as through the XLA scans.
 from __future__ import annotations
 
 import math
+import platform
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _FLOOR = np.float32(1e-15)
 _OPTIONS = {"nogil": True, "cache": True, "error_model": "numpy"}
@@ -198,8 +204,20 @@ def _store(point, grid, outside, out, states):
         states[n_point + g] = mass
 
 
+def filter_chunk(*args) -> float:
+    """``_filter_loop`` with denormals flushed to zero (``denormals_flushed``)."""
+    with denormals_flushed():
+        return _filter_loop(*args)
+
+
+def smoother_chunk(*args) -> None:
+    """``_smoother_loop`` with denormals flushed to zero (``denormals_flushed``)."""
+    with denormals_flushed():
+        _smoother_loop(*args)
+
+
 @numba.njit(fastmath=_FAST, **_OPTIONS)
-def filter_chunk(
+def _filter_loop(
     W, block_runs, runs_start, runs_stop, interior, inverse_normalizer, discrete, n_interior,
     prior_point, prior_grid, point_factors, grid_factors, largest, causal_out, states_out, predicted_out,
 ):  # fmt: skip
@@ -248,7 +266,7 @@ def filter_chunk(
 
 
 @numba.njit(fastmath=_FAST, **_OPTIONS)
-def smoother_chunk(
+def _smoother_loop(
     W, block_runs, runs_start, runs_stop, interior, inverse_normalizer, discrete, n_interior,
     next_point, next_grid, causal, is_last, acausal_out, states_out,
 ):  # fmt: skip
@@ -346,3 +364,66 @@ def smoother_chunk(
                 for i in range(n):
                     next_grid[g, i] *= scale
         _store(next_point, next_grid, outside, acausal_out[t], states_out[t])
+
+
+# ------------------------------------------------------------------ denormal numbers
+#
+# Far from the animal, the walk multiplies kernel entries near 1e-38 by probabilities
+# near 1e-15, and float32 products below 1.2e-38 are denormal. Intel cores compute
+# each of those in a slow microcode assist: the loops ran 10-15 times slower on a Xeon
+# than on an AMD core, which has no such penalty. XLA (our scans, and the reference's)
+# runs with the SSE control bits FTZ and DAZ set, which make such numbers 0; the loops
+# run under the same bits, so they compute what XLA computes, at full speed.
+
+_FTZ_DAZ = 0x8040  # MXCSR bits 15 (flush to zero) and 6 (denormals are zero)
+
+
+def _call_x86(builder, name: str, slot) -> None:
+    """Emit a call of the LLVM intrinsic ``name`` (stmxcsr or ldmxcsr) on a 32-bit slot."""
+    function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [slot.type]), name)
+    builder.call(function, [slot])
+
+
+@intrinsic
+def _read_mxcsr(typingctx):
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once(builder, ir.IntType(32))
+        _call_x86(builder, "llvm.x86.sse.stmxcsr", slot)
+        return builder.load(slot)
+
+    return numba.types.uint32(), codegen
+
+
+@intrinsic
+def _write_mxcsr(typingctx, value):
+    def codegen(context, builder, signature, args):
+        _call_x86(builder, "llvm.x86.sse.ldmxcsr", cgutils.alloca_once_value(builder, args[0]))
+        return context.get_dummy_value()
+
+    return numba.types.void(numba.types.uint32), codegen
+
+
+@numba.njit(**_OPTIONS)
+def _mxcsr() -> int:
+    return _read_mxcsr()
+
+
+@numba.njit(**_OPTIONS)
+def _set_mxcsr(value) -> None:
+    _write_mxcsr(np.uint32(value))
+
+
+@contextmanager
+def denormals_flushed():
+    """Run the block with FTZ and DAZ set on this thread, as XLA does, and put the
+    thread's control word back after it (NumPy and Python keep their IEEE behaviour).
+    Elsewhere than x86-64 the control word is left as it is: the slow assist is x86's."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        yield
+        return
+    saved = _mxcsr()
+    _set_mxcsr(saved | _FTZ_DAZ)
+    try:
+        yield
+    finally:
+        _set_mxcsr(saved)
