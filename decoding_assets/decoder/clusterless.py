@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from . import inference, inputs, model_files
+from . import inference, inputs, memory, model_files
 from . import likelihood as lik
 from . import transitions as tr
 from .environment import Environment
@@ -276,7 +276,7 @@ class ClusterlessDecoder:
         n_time, width = decode.time.shape[0], self.layout.width(self.n_bins_)
         posteriors = self._decode(
             decode, inputs.interval_bounds(np.zeros(n_time)), None,
-            np.empty((n_time, width), self._out_dtype), np.empty((n_time, width), self._out_dtype),
+            memory.empty_rows((n_time, width), self._out_dtype), memory.empty_rows((n_time, width), self._out_dtype),
             progress or self._progress_bars(),
         )  # fmt: skip
         return self._results(decode.time, posteriors, [posteriors.marginal_log_likelihood])
@@ -412,7 +412,7 @@ class ClusterlessDecoder:
         cache: dict = {}
         history: list[float] = []
         # every iteration overwrites the previous one's posteriors
-        causal, acausal = (np.empty((n_time, width), self._out_dtype) for _ in range(2))
+        causal, acausal = (memory.empty_rows((n_time, width), self._out_dtype) for _ in range(2))
         while True:
             posteriors = self._decode(decode, bounds, cache, causal, acausal, progress or self._progress_bars())
             history.append(posteriors.marginal_log_likelihood)
