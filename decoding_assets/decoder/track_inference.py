@@ -370,8 +370,8 @@ def _smoother_loop(
 #
 # Far from the animal, the walk multiplies kernel entries near 1e-38 by probabilities
 # near 1e-15, and float32 products below 1.2e-38 are denormal. Intel cores compute
-# each of those in a slow microcode assist: the loops ran 10-15 times slower on a Xeon
-# than on an AMD core, which has no such penalty. XLA (our scans, and the reference's)
+# each of those in a slow microcode assist: on a Xeon the loops ran 10-15 times slower
+# than they do with the bits below set. XLA (our scans, and the reference's)
 # runs with the SSE control bits FTZ and DAZ set, which make such numbers 0; the loops
 # run under the same bits, so they compute what XLA computes, at full speed.
 

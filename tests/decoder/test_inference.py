@@ -235,6 +235,6 @@ def test_the_track_loops_treat_denormals_as_xla_does_and_give_the_thread_back():
         assert product(denormal, np.float32(1.0)) == 0.0
     assert control() == before
     assert product(tiny, np.float32(0.01)) > 0.0 and np.float32(1e-38) * np.float32(0.01) > 0.0
-    with pytest.raises(Exception):
-        track_inference.filter_chunk(np.zeros(3))  # wrong arguments: the loop fails to type
+    with pytest.raises(TypeError):
+        track_inference.filter_chunk(np.zeros(3))  # too few arguments: the loop raises
     assert control() == before
