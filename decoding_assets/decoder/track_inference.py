@@ -376,6 +376,7 @@ def _smoother_loop(
 # run under the same bits, so they compute what XLA computes, at full speed.
 
 _FTZ_DAZ = 0x8040  # MXCSR bits 15 (flush to zero) and 6 (denormals are zero)
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")  # where MXCSR exists
 
 
 def _call_x86(builder, name: str, slot) -> None:
@@ -418,7 +419,7 @@ def denormals_flushed():
     """Run the block with FTZ and DAZ set on this thread, as XLA does, and put the
     thread's control word back after it (NumPy and Python keep their IEEE behaviour).
     Elsewhere than x86-64 the control word is left as it is: the slow assist is x86's."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not X86_64:
         yield
         return
     saved = _mxcsr()

@@ -1,14 +1,12 @@
 """The chunked filters and smoothers (the lax.scan ones, and numba's on a track) equal a dense
 forward-backward."""
 
-import platform
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from decoding_assets.decoder import inference
+from decoding_assets.decoder import inference, track_inference
 from decoding_assets.decoder import transitions as tr
 from decoding_assets.decoder.environment import Environment
 
@@ -214,15 +212,13 @@ print(abs(posteriors.acausal_state_probabilities.sum(axis=1) - 1).max())
     assert any("_filter_loop" in name for name in cached) and any("_smoother_loop" in name for name in cached), cached
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="FTZ and DAZ are x86 control bits")
+@pytest.mark.skipif(not track_inference.X86_64, reason="FTZ and DAZ are x86 control bits")
 def test_the_track_loops_treat_denormals_as_xla_does_and_give_the_thread_back():
     """Inside ``denormals_flushed`` numba's float32 arithmetic makes denormal results
     and operands 0, as jit-compiled XLA does and IEEE arithmetic does not (Intel cores
     computed those products 10-15x slower); the thread's control word is put back
     afterwards, also when the loop fails."""
     import numba
-
-    from decoding_assets.decoder import track_inference
 
     product = numba.njit(lambda a, b: a * b)
     tiny, denormal = np.float32(1e-38), np.float32(1e-40)
